@@ -1,0 +1,44 @@
+"""Base configuration shared by every recipe; fields documented inline.
+
+python -m experiments.train --config=experiments/configs/default.py --workdir=/tmp/run
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # data
+    c.dataset = "fashion_mnist"
+    c.data_dir = ""  # "" = the dataset's default location
+    c.train_limit = 0  # use only the first N training examples; 0 = all
+    # network
+    c.model = "mlp"  # mlp | vgg8b | vgg11b | ...
+    c.loss = "predsim"  # pred | sim | predsim | backprop
+    c.num_layers = 3
+    c.num_hidden = 1024
+    c.feat_mult = 1.0
+    c.nonlin = "leakyrelu"
+    c.dropout = 0.0
+    c.dim_in_decoder = 4096
+    c.beta = 0.99
+    c.bio = False
+    c.target_proj_size = 128
+    c.unsup = "none"  # none | sim | recon
+    c.alpha = 0.0
+    c.detach = True  # False: deep supervision
+    c.dtype = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
+    # optimisation (Adam, lr x lr_decay at each milestone epoch)
+    c.lr = 5e-4
+    c.lr_decay = 0.25
+    c.milestones = (100, 150, 175, 188)
+    c.epochs = 200
+    c.batch_size = 128
+    c.seed = 0
+    # run
+    c.eval_batch_size = 1000
+    c.progress_bar = True
+    c.sync_every = 16  # wait on a step result this often (bounds queued async steps)
+    c.cutout_length = 0  # side of the cutout hole in px; 0 = off
+    c.published_error = ml_collections.FieldReference(None, field_type=float)
+    return c

@@ -1,0 +1,176 @@
+"""Local loss functions of Nøkland & Eidnes (2019), "Training Neural Networks with
+Local Error Signals" (arXiv 1901.06656), Section 2.
+
+Usage::
+
+    s = similarity_matrix(h)                    # [B, ...] -> [B, B]
+    l_sim = sim_loss(g_h, onehot)               # scalar
+    l_pred = pred_loss(logits, labels)          # scalar
+    l = predsim_loss(l_pred, l_sim, beta=0.99)  # scalar
+
+Letters: B batch, D features, H/W spatial size, C channels (NHWC layout), K classes.
+All functions are pure, jit-able and return float32 scalars or arrays; the caller
+sums the terms of all blocks.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "similarity_matrix",
+    "sim_loss",
+    "pred_loss",
+    "predsim_loss",
+    "bce_loss",
+    "bio_pred_targets",
+]
+
+NORM_EPS = 1e-8  # the reference adds this to each row's L2 norm (METHOD.md, S(z) step 3)
+
+
+def _check_batch(name: str, x: jax.Array, min_ndim: int = 2) -> None:
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have a leading batch axis and at least {min_ndim} dims "
+            f"([B, D] or [B, H, W, C]); got shape {tuple(x.shape)}. "
+            "Reshape a single example to [1, ...]."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has an empty batch (shape {tuple(x.shape)}).")
+
+
+def similarity_matrix(z: jax.Array) -> jax.Array:
+    """Adjusted cosine similarity of every pair of examples in a batch (Sec. 2.2, eq. 1).
+
+    A feature map `[B, H, W, C]` with C > 3 and H > 1 is first reduced to the unbiased
+    standard deviation of each channel over its H·W positions (`[B, C]`); any other input
+    is flattened to `[B, D]`. Each row is centred, divided by (1e-8 + its L2 norm), and
+    the Gram matrix is clipped to [-1, 1].
+
+    Args:
+      z: `[B, D]` or `[B, H, W, C]` (NHWC) floating array; B >= 1.
+
+    Returns:
+      `[B, B]` array of z's dtype with entries in [-1, 1].
+
+    Raises:
+      ValueError: if `z` has no feature axis or an empty batch.
+    """
+    _check_batch("similarity_matrix input", z)
+    if z.ndim == 4 and z.shape[3] > 3 and z.shape[1] > 1:
+        # [B, H, W, C] -> [B, C]: per-channel spread over space, divisor H*W - 1
+        z = jnp.std(z, axis=(1, 2), ddof=1)
+    else:
+        z = z.reshape(z.shape[0], -1)  # [B, ...] -> [B, D]
+    zc = z - jnp.mean(z, axis=1, keepdims=True)
+    zn = zc / (NORM_EPS + jnp.sqrt(jnp.sum(zc * zc, axis=1, keepdims=True)))
+    return jnp.clip(zn @ zn.T, -1.0, 1.0)
+
+
+def sim_loss(z: jax.Array, targets: jax.Array) -> jax.Array:
+    """Similarity matching loss (Sec. 2.2): mean over B² of (S(z) − S(targets))².
+
+    Args:
+      z: `[B, D]` or `[B, H, W, C]` float array, the block output after its learned
+        similarity projection g (or the raw/pooled output in the `bio` variant).
+      targets: `[B, K]` float array: one-hot labels, or projected labels P·Y (`bio`),
+        or the block input for the unsupervised variant. No gradient flows into it.
+
+    Returns:
+      float32 scalar.
+
+    Raises:
+      ValueError: if the batch sizes differ or an input has no feature axis.
+    """
+    _check_batch("sim_loss z", z)
+    _check_batch("sim_loss targets", targets)
+    if z.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"sim_loss: z has batch {z.shape[0]} but targets have batch "
+            f"{targets.shape[0]}; both must describe the same examples."
+        )
+    s_target = jax.lax.stop_gradient(similarity_matrix(targets.astype(z.dtype)))
+    diff = similarity_matrix(z) - s_target
+    return jnp.mean(jnp.square(diff.astype(jnp.float32)))
+
+
+def pred_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Prediction loss (Sec. 2.1): mean softmax cross-entropy of local logits vs labels.
+
+    Args:
+      logits: `[B, K]` float array from a block's local decoder (or the output layer).
+      labels: `[B]` integer class indices in [0, K).
+
+    Returns:
+      float32 scalar.
+
+    Raises:
+      ValueError: if shapes do not match `[B, K]` and `[B]`.
+    """
+    if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"pred_loss expects logits [B, K] and labels [B]; got {tuple(logits.shape)} "
+            f"and {tuple(labels.shape)}."
+        )
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return jnp.mean(ce)
+
+
+def predsim_loss(pred: jax.Array, sim: jax.Array, beta: float = 0.99) -> jax.Array:
+    """The combined `predsim` loss (Sec. 2.3): (1 − β)·pred + β·sim.
+
+    Args:
+      pred: float scalar from `pred_loss` (or `bce_loss` in the `bio` variant).
+      sim: float scalar from `sim_loss`.
+      beta: weight of the similarity matching loss, in [0, 1]; the paper uses 0.99
+        (0.01 for `bio`).
+
+    Returns:
+      float32 scalar.
+
+    Raises:
+      ValueError: if `beta` is outside [0, 1].
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"predsim beta must be in [0, 1]; got {beta}.")
+    return (1.0 - beta) * pred + beta * sim
+
+
+def bce_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Binary cross-entropy with logits, mean over all entries (`bio` prediction loss).
+
+    Args:
+      logits: `[B, P]` float array from the feedback-alignment decoder.
+      targets: `[B, P]` 0/1 float array, see `bio_pred_targets`.
+
+    Returns:
+      float32 scalar.
+
+    Raises:
+      ValueError: if the shapes differ.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"bce_loss: logits {tuple(logits.shape)} and targets "
+            f"{tuple(targets.shape)} must have the same shape."
+        )
+    bce = optax.sigmoid_binary_cross_entropy(
+        logits.astype(jnp.float32), jax.lax.stop_gradient(targets).astype(jnp.float32)
+    )
+    return jnp.mean(bce)
+
+
+def bio_pred_targets(projected_labels: jax.Array) -> jax.Array:
+    """Target of the `bio` prediction loss (Sec. 2.4): the 0/1 vector (P·Y) > 0.
+
+    Args:
+      projected_labels: `[B, P]` float array P·Y, one-hot labels through the fixed
+        random projection.
+
+    Returns:
+      `[B, P]` float32 array of 0s and 1s, with no gradient.
+    """
+    return jax.lax.stop_gradient((projected_labels > 0).astype(jnp.float32))
