@@ -3,10 +3,15 @@
 Usage::
 
     x = augment(images_u8, key, spec)    # [B, H, W, C] uint8 -> float32, train
+    x = augment(images_u8, key, spec, cutout_length=16)   # plus one cutout hole
     x = normalize(images_u8, spec)       # test: no augmentation
 
 Padding for the random crop is applied to the raw [0, 1] image, before normalisation,
-as in the reference (torchvision's RandomCrop(padding=p) then Normalize).
+as in the reference (torchvision's RandomCrop(padding=p) then Normalize). Cutout
+(DeVries & Taylor 2017, used by the paper's `*_cutout` rows) zeroes one square hole
+*after* normalisation, as the reference appends `Cutout` after `Normalize`.
+
+Letters: B batch, H/W image size, C channels (NHWC), L cutout side.
 """
 
 from __future__ import annotations
@@ -16,7 +21,16 @@ import jax.numpy as jnp
 
 from localjax.data import DatasetSpec
 
-__all__ = ["to_unit", "normalize", "random_crop", "random_flip", "augment"]
+__all__ = [
+    "to_unit",
+    "normalize",
+    "random_crop",
+    "random_flip",
+    "cutout_mask",
+    "cutout",
+    "random_cutout",
+    "augment",
+]
 
 
 def to_unit(images: jax.Array) -> jax.Array:
@@ -62,6 +76,99 @@ def random_flip(x: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(flip, x[:, :, ::-1, :], x)
 
 
+def cutout_mask(centers: jax.Array, height: int, width: int, length: int) -> jax.Array:
+    """Keep-masks of one square cutout hole per example, at given centres (METHOD.md).
+
+    The hole covers rows `[cy − L//2, cy − L//2 + L)` and columns likewise, clipped at
+    the image border, so it is L×L when it lies inside the image and smaller at the
+    border. For even L (every published recipe: 14, 16, 48) this is exactly the
+    reference's `[cy − L/2, cy + L/2)`; for odd L the reference's hole is one pixel
+    narrower (L − 1), ours keeps the requested side.
+
+    Args:
+      centers: `[B, 2]` int array of hole centres `(row, col)`; any integers (centres
+        outside the image give a clipped or empty hole).
+      height: H of the image.
+      width: W of the image.
+      length: L, side of the hole in px; 0 gives all-ones masks.
+
+    Returns:
+      `[B, H, W, 1]` float32 array: 0 inside the hole, 1 elsewhere.
+
+    Raises:
+      ValueError: if `length` is negative or `centers` is not `[B, 2]`.
+    """
+    if length < 0:
+        raise ValueError(f"cutout length must be >= 0; got {length}.")
+    if centers.ndim != 2 or centers.shape[1] != 2:
+        raise ValueError(f"cutout centres must be [B, 2] (row, col); got {tuple(centers.shape)}.")
+    top = centers[:, 0] - length // 2  # [B]
+    left = centers[:, 1] - length // 2
+    rows = jnp.arange(height)[None, :]  # [1, H]
+    cols = jnp.arange(width)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + length)  # [B, H]
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + length)  # [B, W]
+    hole = in_rows[:, :, None] & in_cols[:, None, :]  # [B, H, W]
+    return jnp.where(hole, 0.0, 1.0).astype(jnp.float32)[..., None]
+
+
+def cutout(x: jax.Array, centers: jax.Array, length: int) -> jax.Array:
+    """Zeroes one square hole per example at the given centres (all channels).
+
+    Args:
+      x: `[B, H, W, C]` float images (normalised: the hole becomes exactly 0).
+      centers: `[B, 2]` int hole centres `(row, col)`; see `cutout_mask`.
+      length: side of the hole in px (>= 0).
+
+    Returns:
+      `[B, H, W, C]` array of x's dtype.
+
+    Raises:
+      ValueError: as `cutout_mask`, or if `x` is not 4-D or batch sizes differ.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"cutout expects [B, H, W, C] images; got shape {tuple(x.shape)}.")
+    if centers.shape[0] != x.shape[0]:
+        raise ValueError(f"cutout: {centers.shape[0]} centres for a batch of {x.shape[0]} images.")
+    mask = cutout_mask(centers, x.shape[1], x.shape[2], length)
+    return x * mask.astype(x.dtype)
+
+
+def random_cutout(x: jax.Array, key: jax.Array, length: int) -> jax.Array:
+    """Cutout with one hole per example at a uniformly random centre (Sec. 3, METHOD.md).
+
+    Each centre is drawn uniformly from the H×W pixel grid (as the reference's
+    `np.random.randint(h)`, `randint(w)`); the hole is clipped at the border.
+
+    Args:
+      x: `[B, H, W, C]` float images, normalised.
+      key: PRNG key.
+      length: side of the hole in px; 0 returns `x` unchanged.
+
+    Returns:
+      `[B, H, W, C]` array of x's dtype.
+
+    Raises:
+      ValueError: if `length` is negative or `x` is not 4-D.
+    """
+    if length < 0:
+        raise ValueError(f"cutout length must be >= 0; got {length}.")
+    if length == 0:
+        return x
+    if x.ndim != 4:
+        raise ValueError(f"cutout expects [B, H, W, C] images; got shape {tuple(x.shape)}.")
+    b, h, w, _ = x.shape
+    row_key, col_key = jax.random.split(key)
+    centers = jnp.stack(
+        [
+            jax.random.randint(row_key, (b,), 0, h),
+            jax.random.randint(col_key, (b,), 0, w),
+        ],
+        axis=1,
+    )  # [B, 2]
+    return cutout(x, centers, length)
+
+
 def augment(
     images: jax.Array, key: jax.Array, spec: DatasetSpec, cutout_length: int = 0
 ) -> jax.Array:
@@ -71,15 +178,25 @@ def augment(
       images: `[B, H, W, C]` uint8.
       key: PRNG key (fold in the step number for a new draw each step).
       spec: the dataset's `DatasetSpec` (crop padding, flip, mean, std).
-      cutout_length: side of the cutout hole in px (0 = off); not implemented yet.
+      cutout_length: side of the cutout hole in px (0 = off); one hole per example at
+        a uniformly random centre, clipped at the border, zeroed after normalisation.
 
     Returns:
       `[B, H, W, C]` float32, normalised.
+
+    Raises:
+      ValueError: if `cutout_length` is negative.
     """
+    if cutout_length < 0:
+        raise ValueError(f"cutout_length must be >= 0; got {cutout_length}.")
     crop_key, flip_key = jax.random.split(key)
     x = to_unit(images)
     if spec.crop_padding:
         x = random_crop(x, crop_key, spec.crop_padding)
     if spec.flip:
         x = random_flip(x, flip_key)
-    return _standardize(x, spec)
+    x = _standardize(x, spec)
+    if cutout_length:
+        # a key apart from crop/flip, so runs without cutout keep their random stream
+        x = random_cutout(x, jax.random.fold_in(key, 2), cutout_length)
+    return x

@@ -5,40 +5,58 @@ Usage::
     spec = get_spec("fashion_mnist")
     train = load("fashion_mnist", "train", data_dir=None)   # Dataset(images, labels)
     train.images.shape, train.images.dtype                   # (60000, 28, 28, 1) uint8
+    test = load("cifar10", "test", "/data", source="tfds")   # TFDS once, then an .npz cache
     for idx in epoch_batches(len(train), 128, seed=0, epoch=1):
         ...                                                  # idx: [<=128] int32
 
-Letters: N examples, H/W image size, C channels (NHWC).
+The seven datasets of METHOD.md's data table: `mnist`, `fashion_mnist`,
+`kuzushiji_mnist`, `cifar10`, `cifar100`, `svhn` (train = train + extra), `stl10` (96 px).
+Sources, in the order `source="auto"` tries them:
+
+1. local files in their published format (`localjax.readers`: IDX, CIFAR pickles, SVHN
+   `.mat`, STL-10 binaries) in `data_dir` or `data_dir/<archive folder>`;
+2. the `.npz` cache `data_dir/localjax_cache/<name>-<split>.npz` of an earlier TFDS read;
+3. tensorflow-datasets (`localjax.tfds_source`) under `data_dir/tfds`, then cached as in 2.
+
+`data_dir=None` means `$LOCALJAX_DATA_DIR`, else `~/localjax_data` (plus Debian's package
+folder for Fashion-MNIST). docs/datasets.md says how to obtain each dataset.
+
+Letters: N examples, H/W image size, C channels (NHWC), K classes.
 Images stay uint8 until the jitted step (augment.py) turns them into float32.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
+from absl import logging
+
+from localjax import readers, tfds_source
+from localjax.readers import DatasetError, read_idx
 
 __all__ = [
     "DatasetSpec",
     "Dataset",
     "DatasetError",
     "SPECS",
+    "SOURCES",
     "get_spec",
     "load",
     "read_idx",
+    "default_data_dir",
+    "cache_path",
     "epoch_batches",
     "DEBIAN_FASHION_MNIST",
 ]
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-
-
-class DatasetError(RuntimeError):
-    """A dataset cannot be loaded: missing, corrupt or inconsistent files. The message
-    names the problem, where it looked and how to fix it."""
+SOURCES = ("auto", "files", "tfds")
+_CACHE_DIR = "localjax_cache"
+_CACHE_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +72,9 @@ class DatasetSpec:
       crop_padding: zero padding (px) of the random crop; 0 = no crop.
       flip: random horizontal flips.
       idx_prefix: file-name prefixes of the IDX files, (train, test), for MNIST-like sets.
+      file_format: a key of `readers.LAYOUTS` (`idx`, `cifar10`, `cifar100`, `svhn`, `stl10`).
+      tfds_name: the dataset's name in tensorflow-datasets.
+      train_splits: TFDS splits concatenated into our `train` split (SVHN: train + extra).
     """
 
     name: str
@@ -65,11 +86,23 @@ class DatasetSpec:
     crop_padding: int = 0
     flip: bool = False
     idx_prefix: tuple[str, str] | None = None
+    file_format: str = "idx"
+    tfds_name: str = ""
+    train_splits: tuple[str, ...] = ("train",)
 
 
+_MNIST_IDX = ("train", "t10k")
 SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
-        "mnist", 28, 1, 10, (0.1307,), (0.3081,), crop_padding=2, idx_prefix=("train", "t10k")
+        "mnist",
+        28,
+        1,
+        10,
+        (0.1307,),
+        (0.3081,),
+        crop_padding=2,
+        idx_prefix=_MNIST_IDX,
+        tfds_name="mnist",
     ),
     "fashion_mnist": DatasetSpec(
         "fashion_mnist",
@@ -80,8 +113,90 @@ SPECS: dict[str, DatasetSpec] = {
         (0.353,),
         crop_padding=2,
         flip=True,
-        idx_prefix=("train", "t10k"),
+        idx_prefix=_MNIST_IDX,
+        tfds_name="fashion_mnist",
     ),
+    "kuzushiji_mnist": DatasetSpec(
+        "kuzushiji_mnist",
+        28,
+        1,
+        10,
+        (0.1904,),
+        (0.3475,),
+        idx_prefix=_MNIST_IDX,
+        tfds_name="kmnist",
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10",
+        32,
+        3,
+        10,
+        (0.424, 0.415, 0.384),
+        (0.283, 0.278, 0.284),
+        crop_padding=4,
+        flip=True,
+        file_format="cifar10",
+        tfds_name="cifar10",
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100",
+        32,
+        3,
+        100,
+        (0.438, 0.418, 0.377),
+        (0.300, 0.287, 0.294),
+        crop_padding=4,
+        flip=True,
+        file_format="cifar100",
+        tfds_name="cifar100",
+    ),
+    "svhn": DatasetSpec(
+        "svhn",
+        32,
+        3,
+        10,
+        (0.431, 0.430, 0.446),
+        (0.197, 0.198, 0.199),
+        file_format="svhn",
+        tfds_name="svhn_cropped",
+        train_splits=("train", "extra"),
+    ),
+    "stl10": DatasetSpec(
+        "stl10",
+        96,
+        3,
+        10,
+        (0.447, 0.440, 0.407),
+        (0.260, 0.257, 0.271),
+        file_format="stl10",
+        tfds_name="stl10",
+    ),
+}
+
+# other spellings users type -> registry name
+_ALIASES = {
+    "kmnist": "kuzushiji_mnist",
+    "svhn_cropped": "svhn",
+    "fmnist": "fashion_mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+    "stl-10": "stl10",
+}
+
+# how to get the files, per dataset (error messages and docs/datasets.md)
+_HOW_FILES = {
+    "mnist": "the four IDX files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (from the MNIST site or a mirror)",
+    "fashion_mnist": "`apt-get install -y dataset-fashion-mnist` (files land in "
+    f"{DEBIAN_FASHION_MNIST}), or the four IDX files from "
+    "https://github.com/zalandoresearch/fashion-mnist",
+    "kuzushiji_mnist": "the four IDX files (train-images-idx3-ubyte.gz, ...) from "
+    "https://github.com/rois-codh/kmnist (the MNIST-format download)",
+    "cifar10": "extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
+    "cifar100": "extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
+    "svhn": "the format-2 files train_32x32.mat, extra_32x32.mat, test_32x32.mat from "
+    "http://ufldl.stanford.edu/housenumbers/",
+    "stl10": "extract stl10_binary.tar.gz from https://cs.stanford.edu/~acoates/stl10/",
 }
 
 
@@ -96,137 +211,216 @@ class Dataset(NamedTuple):
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The `DatasetSpec` of a dataset name.
+    """The `DatasetSpec` of a dataset name (METHOD.md's data table).
+
+    Args:
+      name: a key of `SPECS`, or a common other spelling (`kmnist`, `svhn_cropped`).
+
+    Returns:
+      The spec.
 
     Raises:
       ValueError: for an unknown name, listing the known ones.
     """
+    name = _ALIASES.get(name, name)
     if name not in SPECS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(SPECS)}.")
     return SPECS[name]
 
 
-# ------------------------------------------------------------------ IDX files
-_IDX_DTYPES = {
-    0x08: np.uint8,
-    0x09: np.int8,
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-def read_idx(path: str) -> np.ndarray:
-    """Reads an IDX file (the MNIST family's format), gzip-compressed or raw.
-
-    Args:
-      path: file path; a `.gz` suffix means gzip.
+def default_data_dir() -> str:
+    """Where data lives when no data_dir is given: `$LOCALJAX_DATA_DIR`, else `~/localjax_data`.
 
     Returns:
-      An array of the header's shape and dtype (uint8 for MNIST images and labels).
-
-    Raises:
-      DatasetError: if the file is missing, its magic number is not IDX, or its size
-        does not match the header.
+      An absolute path (it may not exist yet).
     """
-    if not os.path.exists(path):
-        raise DatasetError(f"IDX file not found: {path}")
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:  # truncated or not gzip
-        raise DatasetError(f"cannot read {path}: {e}. Re-download the file.") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DatasetError(
-            f"{path} is not an IDX file (bad magic number {raw[:4].hex()}); "
-            "expected 0x0000 then a type code and the number of dimensions."
-        )
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetError(f"{path} is truncated inside its header.")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != expected:
-        raise DatasetError(
-            f"{path} has {len(raw)} bytes but its header {shape} needs {expected}: "
-            "the file is truncated or corrupt. Re-download it."
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-
-
-def _find_idx(directory: str, stem: str) -> str | None:
-    for suffix in (".gz", ""):
-        path = os.path.join(directory, stem + suffix)
-        if os.path.exists(path):
-            return path
-    return None
-
-
-def _missing_message(spec: DatasetSpec, directory: str, stems: list[str]) -> str:
-    how = (
-        "On Debian/Ubuntu: `apt-get install -y dataset-fashion-mnist` (files land in "
-        f"{DEBIAN_FASHION_MNIST}), or point --config.data_dir at a directory holding the "
-        "four IDX files."
-        if spec.name == "fashion_mnist"
-        else "Point --config.data_dir at a directory holding the four IDX files."
-    )
-    return (
-        f"{spec.name} not found: looked in {directory!r} for "
-        f"{', '.join(s + '[.gz]' for s in stems)}. {how}"
+    return os.path.abspath(
+        os.path.expanduser(os.environ.get("LOCALJAX_DATA_DIR") or "~/localjax_data")
     )
 
 
-def _load_idx_split(spec: DatasetSpec, split: str, directory: str) -> Dataset:
-    prefix = spec.idx_prefix[0 if split == "train" else 1]
-    stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
-    paths = [_find_idx(directory, s) for s in stems]
-    if None in paths:
-        raise DatasetError(_missing_message(spec, directory, stems))
-    images, labels = (read_idx(p) for p in paths)
-    return _validated(spec, images[..., None], labels, paths[0])
+def cache_path(name: str, split: str, data_dir: str | None = None) -> str:
+    """The `.npz` cache file of one split of a TFDS-loaded dataset.
+
+    Args:
+      name: a key of `SPECS`.
+      split: `train` or `test`.
+      data_dir: data directory (None: `default_data_dir()`).
+
+    Returns:
+      `data_dir/localjax_cache/<name>-<split>.npz`.
+    """
+    return os.path.join(data_dir or default_data_dir(), _CACHE_DIR, f"{name}-{split}.npz")
 
 
+# ------------------------------------------------------------------ checks
 def _validated(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray, where: str) -> Dataset:
     want = (spec.image_size, spec.image_size, spec.channels)
     if images.ndim != 4 or images.shape[1:] != want:
         raise DatasetError(
             f"{where}: images have shape {images.shape[1:]} but {spec.name} needs {want} (H, W, C)."
+            " Are these the files of another dataset?"
         )
+    if images.dtype != np.uint8:
+        raise DatasetError(f"{where}: images are {images.dtype}, expected uint8 pixels 0..255.")
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels.")
-    if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
+    if labels.shape[0] == 0:
+        raise DatasetError(f"{where}: the split holds no examples. Re-download the files.")
+    if labels.min() < 0 or labels.max() >= spec.num_classes:
         raise DatasetError(
             f"{where}: labels span [{labels.min()}, {labels.max()}] but {spec.name} has "
-            f"{spec.num_classes} classes [0, {spec.num_classes - 1}]."
+            f"{spec.num_classes} classes [0, {spec.num_classes - 1}]. Are these the files of "
+            "another dataset?"
         )
     return Dataset(np.ascontiguousarray(images, np.uint8), labels.astype(np.int32))
 
 
-def load(name: str, split: str, data_dir: str | None = None) -> Dataset:
+# ------------------------------------------------------------------ local files
+def _layout(spec: DatasetSpec) -> readers.FileLayout:
+    layout = readers.LAYOUTS[spec.file_format]
+    if spec.file_format == "idx":
+        layout = dataclasses.replace(
+            layout, subdir=spec.name, files=readers.idx_files(spec.idx_prefix or _MNIST_IDX)
+        )
+    return layout
+
+
+def _file_dirs(spec: DatasetSpec, data_dir: str | None) -> list[str]:
+    """Directories searched for local files, in order."""
+    roots = [data_dir] if data_dir else [default_data_dir()]
+    if not data_dir and spec.name == "fashion_mnist":
+        roots.insert(0, DEBIAN_FASHION_MNIST)
+    sub = _layout(spec).subdir
+    return [d for root in roots for d in (root, os.path.join(root, sub))]
+
+
+def _missing_message(spec: DatasetSpec, split: str, dirs: list[str], tried_tfds: str) -> str:
+    names = _layout(spec).files[split]
+    gz = "[.gz]" if spec.file_format == "idx" else ""
+    return (
+        f"{spec.name} {split} split not found: looked in {dirs} for "
+        f"{', '.join(n + gz for n in names)}. To fix: get {_HOW_FILES[spec.name]} and point "
+        f"--config.data_dir at their folder; {tried_tfds}"
+    )
+
+
+def _tfds_hint(spec: DatasetSpec) -> str:
+    return (
+        f"or load it through TFDS ({spec.tfds_name!r}) with --config.data_source=tfds after "
+        f"{tfds_source.INSTALL_HINT}. See docs/datasets.md."
+    )
+
+
+# ------------------------------------------------------------------ .npz cache
+def _read_cache(path: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            version = int(z["version"])
+            images, labels = z["images"], z["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise DatasetError(
+            f"the cache {path} is unreadable ({type(e).__name__}: {e}). Delete it; the next "
+            "run rebuilds it from TFDS."
+        ) from e
+    if version != _CACHE_VERSION:
+        raise DatasetError(
+            f"the cache {path} has format version {version}, this code writes "
+            f"{_CACHE_VERSION}. Delete it; the next run rebuilds it."
+        )
+    return images, labels
+
+
+def _write_cache(path: str, ds: Dataset) -> None:
+    """Writes atomically (temporary file, then rename); a failure only logs a warning."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, images=ds.images, labels=ds.labels, version=_CACHE_VERSION)
+        os.replace(tmp, path)
+    except OSError as e:
+        logging.warning("could not write the dataset cache %s: %s", path, e)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ------------------------------------------------------------------ load
+def load(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    *,
+    source: str = "auto",
+    download: bool = True,
+) -> Dataset:
     """Loads one split of a dataset as uint8 images and int32 labels.
 
+    Implements METHOD.md's data table: the seven datasets with their published train/test
+    splits (SVHN train = train + extra; CIFAR-100 with its 100 fine labels).
+
     Args:
-      name: a key of `SPECS`.
+      name: a key of `SPECS` (or an alias accepted by `get_spec`).
       split: `train` or `test`.
-      data_dir: directory of the files; None means the dataset's default location
-        (Debian's package directory for Fashion-MNIST).
+      data_dir: data directory (None: `default_data_dir()`, and for Fashion-MNIST first
+        Debian's package folder). Local files are looked for in it and in its
+        `<archive folder>` (e.g. `cifar-10-batches-py`); TFDS data under `data_dir/tfds`;
+        the cache under `data_dir/localjax_cache`.
+      source: `auto` (local files, else the cache, else TFDS if installed), `files` (local
+        files only) or `tfds` (the cache, else TFDS).
+      download: let TFDS download and prepare a dataset it does not have yet.
 
     Returns:
       `Dataset(images [N, H, W, C] uint8, labels [N] int32)`.
 
     Raises:
-      ValueError: unknown dataset or split.
-      DatasetError: files missing, corrupt, or inconsistent with the spec.
+      ValueError: unknown dataset, split or source.
+      DatasetError: files missing (says where it looked and how to get them), corrupt or
+        truncated, labels outside [0, K), images of the wrong shape, or TFDS unavailable.
     """
     spec = get_spec(name)
+    data_dir = os.path.expanduser(data_dir) if data_dir else None
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'.")
-    directory = data_dir or (DEBIAN_FASHION_MNIST if name == "fashion_mnist" else ".")
-    return _load_idx_split(spec, split, directory)
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; choose one of {list(SOURCES)}.")
+
+    if source in ("auto", "files"):
+        dirs = _file_dirs(spec, data_dir)
+        layout = _layout(spec)
+        paths = readers.find_files(layout, split, dirs)
+        if paths is not None:
+            images, labels = readers.read_files(layout, paths)
+            return _validated(spec, images, labels, os.path.dirname(paths[0]))
+        if source == "files":
+            raise DatasetError(_missing_message(spec, split, dirs, _tfds_hint(spec)))
+
+    cache = cache_path(spec.name, split, data_dir)
+    if os.path.exists(cache):
+        return _validated(spec, *_read_cache(cache), cache)
+    if source == "auto" and not tfds_source.available():
+        raise DatasetError(_missing_message(spec, split, dirs, _tfds_hint(spec)))
+    if not tfds_source.available():
+        raise DatasetError(
+            f"{spec.name}: no cache at {cache} and tensorflow-datasets is not installed. "
+            f"To fix: {tfds_source.INSTALL_HINT}; or use local files ({_HOW_FILES[spec.name]}) "
+            "with --config.data_source=files."
+        )
+    tfds_dir = os.path.join(data_dir or default_data_dir(), "tfds")
+    splits = spec.train_splits if split == "train" else ("test",)
+    try:
+        images, labels = tfds_source.load_tfds(spec.tfds_name, splits, tfds_dir, download)
+    except DatasetError as e:
+        if source != "auto":
+            raise
+        raise DatasetError(
+            _missing_message(
+                spec, split, _file_dirs(spec, data_dir), f"TFDS could not supply it either: {e}"
+            )
+        ) from e
+    ds = _validated(spec, images, labels, f"TFDS {spec.tfds_name}:{'+'.join(splits)}")
+    _write_cache(cache, ds)
+    return ds
 
 
 # ------------------------------------------------------------------ epoch order

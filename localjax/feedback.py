@@ -33,8 +33,14 @@ def fa_matmul(x: jax.Array, w: jax.Array, feedback: jax.Array) -> jax.Array:
       `[B, O]` array of x's dtype.
 
     Raises:
-      ValueError: if `w` and `feedback` shapes differ.
+      ValueError: if `x`, `w` or `feedback` is not 2-D, or `w` and `feedback` shapes
+        differ.
     """
+    if x.ndim != 2 or w.ndim != 2:
+        raise ValueError(
+            f"fa_matmul expects x [B, I] and w [I, O]; got {tuple(x.shape)} and "
+            f"{tuple(w.shape)}. Flatten x to [B, I] first."
+        )
     if w.shape != feedback.shape:
         raise ValueError(
             f"fa_matmul: weight {tuple(w.shape)} and feedback {tuple(feedback.shape)} "
@@ -44,13 +50,15 @@ def fa_matmul(x: jax.Array, w: jax.Array, feedback: jax.Array) -> jax.Array:
 
 
 def _fa_fwd(x, w, feedback):
-    return fa_matmul(x, w, feedback), (x, feedback)
+    # a zero-size array of w's dtype: the cotangent of w must have w's dtype
+    w_dtype = jnp.zeros((0,), w.dtype)
+    return fa_matmul(x, w, feedback), (x, feedback, w_dtype)
 
 
 def _fa_bwd(res, dy):
-    x, feedback = res
-    dx = (dy @ feedback.T).astype(x.dtype)
-    dw = (x.T @ dy).astype(feedback.dtype)
+    x, feedback, w_dtype = res
+    dx = (dy @ feedback.T.astype(dy.dtype)).astype(x.dtype)  # [B, O] @ [O, I] -> [B, I]
+    dw = (x.T.astype(dy.dtype) @ dy).astype(w_dtype.dtype)  # [I, B] @ [B, O] -> [I, O]
     return dx, dw, jnp.zeros_like(feedback)
 
 

@@ -155,10 +155,12 @@ class HeadConfig:
 
     @property
     def uses_pred(self) -> bool:
+        """Whether the block has a prediction decoder (`pred` or `predsim`)."""
         return self.loss in ("pred", "predsim")
 
     @property
     def uses_sim(self) -> bool:
+        """Whether S(h) is computed (`sim`, `predsim`, or the unsupervised `sim` term)."""
         return self.loss in ("sim", "predsim") or self.unsup == "sim"
 
 
@@ -353,6 +355,8 @@ class LocalHead(nn.Module):
         else:
             supervised = losses.predsim_loss(terms["pred"], terms["sim"], cfg.beta)
 
+        # loss = α·unsup + (1 − α)·supervised, as the reference computes it for every
+        # setting (unsup = 0 when off, so α alone scales the supervised loss)
         loss = supervised
         if cfg.unsup != "none":
             if x is None:
@@ -361,6 +365,8 @@ class LocalHead(nn.Module):
                 )
             unsup = self._unsupervised(h, x, z_sim, first_layer)
             loss = cfg.alpha * unsup + (1.0 - cfg.alpha) * supervised
+        elif cfg.alpha:
+            loss = (1.0 - cfg.alpha) * supervised
         terms["loss"] = loss
         return terms
 
@@ -372,12 +378,16 @@ class LocalHead(nn.Module):
         if first_layer:
             return jnp.zeros((), jnp.float32)
         if h.ndim == 4:
+            # the reference's decoder is ConvTranspose2d(C_out -> C_in), whose PyTorch
+            # init bound is 1/sqrt(9·C_in) (its fan_in is read from the C_in axis); a 3x3,
+            # stride 1, padding 1 transposed conv is a conv of the same shape, and the
+            # uniform init is symmetric, so a Conv with that bound is the same layer
             decoder = nn.Conv(
                 x.shape[-1],
                 (3, 3),
                 padding=1,
-                kernel_init=torch_kernel_init(),
-                bias_init=torch_bias_init(9 * h.shape[-1]),
+                kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform"),
+                bias_init=torch_bias_init(9 * x.shape[-1]),
                 name="recon_decoder",
             )
             x_hat = decoder(h)

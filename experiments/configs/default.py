@@ -11,6 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     # data
     c.dataset = "fashion_mnist"
     c.data_dir = ""  # "" = the dataset's default location
+    c.data_source = "auto"  # auto (files, else .npz cache, else TFDS) | files | tfds
     c.train_limit = 0  # use only the first N training examples; 0 = all
     # network
     c.model = "mlp"  # mlp | vgg8b | vgg11b | ...
@@ -40,5 +41,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
     c.sync_every = 16  # wait on a step result this often (bounds queued async steps)
     c.cutout_length = 0  # side of the cutout hole in px; 0 = off
+    # classes-per-batch sampler (CIFAR-100 sim/predsim recipes): batches of about this many
+    # distinct classes while epoch <= classes_per_batch_until_epoch (0 = whole run)
+    c.classes_per_batch = 0  # 0 = plain shuffling
+    c.classes_per_batch_until_epoch = 0
+    c.row = ""  # recipe row name (set by the per-dataset config files)
     c.published_error = ml_collections.FieldReference(None, field_type=float)
+    # scale and safety (docs/scaling.md)
+    c.num_devices = 0  # devices in the ('data',) mesh; 0 = every device of every process
+    c.checkpoint_every = 1  # epochs between checkpoints (one is always written at the end)
+    c.keep = 3  # newest checkpoints retained in WORKDIR/checkpoints
+    c.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS or none
+    c.num_processes = 0  # processes in a multi-host run; 0 = $JAX_NUM_PROCESSES / auto-detect
+    c.process_id = -1  # this process's id; -1 = $JAX_PROCESS_ID / auto-detect
     return c

@@ -1,0 +1,139 @@
+"""The published recipes as data: one `Recipe` per row of the paper's tables.
+
+Each dataset file (`mnist.py`, `cifar10.py`, ...) lists its rows in a dict `ROWS`
+(name -> `Recipe`) and defines `get_config(row)` with `build`. Row names follow one
+scheme (`row_name`):
+
+    {model}[_x{feat_mult}]_{loss}[_bio][_cutout]
+
+e.g. `mlp_predsim`, `vgg8b_x2_predsim_cutout`, `vgg11b_x3_sim`, `vgg8b_predsim_bio`:
+`_x{m}` only when the channel multiplier m is not 1, `_bio` for the backprop-free
+variant (Sec. 2.4), `_cutout` when the recipe uses cutout.
+
+    python -m experiments.train --config=experiments/configs/cifar10.py:vgg11b_x3_predsim \
+        --workdir=runs/cifar10_vgg11b_x3_predsim
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import ml_collections
+
+from experiments.configs import default
+
+__all__ = ["Recipe", "row_name", "build", "rows_table"]
+
+
+class Recipe(NamedTuple):
+    """One published run (a row of recipes.tsv) and its published test error.
+
+    A named tuple: fields by name (`recipe.model`) or position (`recipe[0]` is the model).
+
+    Attributes:
+      model: `mlp`, `vgg8b` or `vgg11b`.
+      loss: `backprop`, `pred`, `sim` or `predsim`.
+      num_layers: dense blocks (after the conv stack for VGG).
+      num_hidden: units per dense block.
+      feat_mult: VGG channel multiplier.
+      dropout: dropout rate.
+      lr: initial Adam learning rate.
+      epochs: training epochs.
+      milestones: epochs after which the rate is multiplied by 0.25.
+      nonlin: `relu` or `leakyrelu`.
+      dim_in_decoder: largest input size of a conv block's pred decoder.
+      beta: predsim weight of sim (0.99; 0.01 for the bio predsim rows).
+      bio: the backprop-free variant.
+      classes_per_batch: classes-per-batch sampler (0 = off).
+      classes_per_batch_until_epoch: last epoch of that sampler (0 = all).
+      cutout_length: cutout hole side in px (0 = off).
+      published_error: test error (%) in results.tsv, or None where the table has none
+        (the bio rows).
+    """
+
+    model: str
+    loss: str
+    num_layers: int
+    num_hidden: int
+    feat_mult: float
+    dropout: float
+    lr: float
+    epochs: int
+    milestones: tuple[int, ...]
+    nonlin: str
+    dim_in_decoder: int
+    beta: float = 0.99
+    bio: bool = False
+    classes_per_batch: int = 0
+    classes_per_batch_until_epoch: int = 0
+    cutout_length: int = 0
+    published_error: float | None = None
+
+
+def row_name(recipe: Recipe) -> str:
+    """The row name of a recipe: `{model}[_x{feat_mult}]_{loss}[_bio][_cutout]`.
+
+    Args:
+      recipe: a `Recipe`.
+
+    Returns:
+      str, e.g. `vgg8b_x2_predsim_cutout`.
+    """
+    name = recipe.model
+    if recipe.feat_mult != 1:
+        mult = recipe.feat_mult
+        name += f"_x{int(mult) if float(mult).is_integer() else mult}"
+    name += f"_{recipe.loss}"
+    if recipe.bio:
+        name += "_bio"
+    if recipe.cutout_length:
+        name += "_cutout"
+    return name
+
+
+def build(dataset: str, rows: dict[str, Recipe], row: str) -> ml_collections.ConfigDict:
+    """The full config of one row: `default.get_config()` with the recipe's fields.
+
+    Args:
+      dataset: dataset name in `localjax.data.SPECS` (e.g. `cifar10`).
+      rows: the dataset file's `ROWS`.
+      row: a key of `rows`.
+
+    Returns:
+      An `ml_collections.ConfigDict` (unlocked; `experiments.train` locks it).
+
+    Raises:
+      ValueError: for an unknown row name, listing the known ones.
+    """
+    if row not in rows:
+        raise ValueError(f"unknown {dataset} row {row!r}; choose one of {list(rows)}.")
+    r = rows[row]
+    c = default.get_config()
+    c.dataset = dataset
+    c.model, c.loss = r.model, r.loss
+    c.num_layers, c.num_hidden, c.feat_mult = r.num_layers, r.num_hidden, float(r.feat_mult)
+    c.dropout, c.lr, c.nonlin = r.dropout, r.lr, r.nonlin
+    c.dim_in_decoder, c.beta, c.bio = r.dim_in_decoder, r.beta, r.bio
+    c.epochs, c.milestones = r.epochs, tuple(r.milestones)
+    c.classes_per_batch = r.classes_per_batch
+    c.classes_per_batch_until_epoch = r.classes_per_batch_until_epoch
+    c.cutout_length = r.cutout_length
+    c.published_error = r.published_error
+    c.row = row
+    return c
+
+
+def rows_table(rows: dict[str, Recipe]) -> str:
+    """A markdown table of row names and published errors (for docs).
+
+    Args:
+      rows: a dataset file's `ROWS`.
+
+    Returns:
+      str, one line per row.
+    """
+    lines = ["| row | published error (%) |", "| --- | --- |"]
+    for name, r in rows.items():
+        err = "-" if r.published_error is None else f"{r.published_error:.2f}"
+        lines.append(f"| {name} | {err} |")
+    return "\n".join(lines)
