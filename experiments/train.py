@@ -4,7 +4,14 @@
         --config=experiments/configs/fashion_mnist.py:mlp_predsim \
         --workdir=runs/mlp_predsim --config.epochs=5
 
-Writes WORKDIR/metrics.jsonl (one JSON object per epoch) and WORKDIR/summary.json.
+Writes WORKDIR/metrics.jsonl (one JSON object per epoch), WORKDIR/summary.json and Orbax
+checkpoints in WORKDIR/checkpoints/; rerunning with a workdir that holds a checkpoint
+resumes it. Uses every device; for N hosts add, on host i,
+
+    --config.coordinator_address=host0:1234 --config.num_processes=N --config.process_id=i
+
+(or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID). bfloat16 compute:
+--config.dtype=bfloat16. See docs/scaling.md.
 """
 
 import sys

@@ -1,0 +1,165 @@
+"""Checkpoints and resume: a run killed at any point (even inside a checkpoint write)
+resumes to exactly the metrics of an uninterrupted run; a non-finite loss stops the run
+naming its step and block and keeps the last good checkpoint."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import cli, make_tiny_config, read_records
+
+from localjax import train
+from localjax.checkpoint import Checkpointer
+
+RUN = dict(epochs=6, train_limit=256, checkpoint_every=1, keep=2)
+# Runs the main job, but SIGKILLs itself inside the write of epoch 2's checkpoint: after the
+# arrays are written to Orbax's temporary directory, before the rename that commits it.
+KILL_IN_WRITE = """
+import os, signal, sys
+from orbax.checkpoint._src.path import atomicity
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def killing_finalize(self):
+    if self._final_path.name == "2":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
+from absl import app
+from experiments import train
+app.run(train.main)
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data_dir, tmp_path_factory):
+    """An uninterrupted run: (config, workdir, summary)."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    config = make_tiny_config(tiny_data_dir, **RUN)
+    return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_checkpoints_every_n_epochs_and_at_the_end_keeping_the_last(tiny_config, tmp_path):
+    config = tiny_config(epochs=5, checkpoint_every=2, keep=2)
+    first = train.train_and_evaluate(config, str(tmp_path))
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    assert ckpt.epochs() == [4, 5]  # saved after 2, 4 and 5; 2 pruned
+    ckpt.close()
+    # a finished run resumes to nothing left to do and keeps its metrics
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert again["resumed_from_epoch"] == 5 and again["steps"] == first["steps"]
+    assert [r["epoch"] for r in read_records(tmp_path)] == [1, 2, 3, 4, 5]
+    assert again["final_test_error"] == first["final_test_error"]
+
+
+def test_checkpoint_round_trip_is_exact(tiny_config, tmp_path):
+    state = {
+        "w": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32),
+        "count": np.int32(7),
+        "empty": {},
+    }
+    ckpt = Checkpointer(str(tmp_path), keep=1)
+    ckpt.save(1, state, {"epoch": 1, "data_order": {"seed": 0, "next_epoch": 2}})
+    template = jax.tree_util.tree_map(np.zeros_like, state)
+    restored, meta = ckpt.restore_latest(template)
+    ckpt.close()
+    assert meta["epoch"] == 1 and meta["data_order"]["next_epoch"] == 2
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert restored["w"].dtype == np.float32 and int(restored["count"]) == 7
+
+
+def _kill_at_random_point(config, workdir, seed):
+    """Starts the job and SIGKILLs it at a random time in epochs 3..6; returns rc."""
+    proc = cli(config, workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    stamps = []
+    for line in proc.stdout:  # epochs 1 and 2 done: compiling is over, epochs are timed
+        if line.startswith("epoch"):
+            stamps.append(time.perf_counter())
+            if len(stamps) == 2:
+                break
+    epoch_seconds = stamps[1] - stamps[0]
+    time.sleep(random.Random(seed).uniform(0.0, 3.5 * epoch_seconds))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    return proc.returncode
+
+
+def test_resume_after_sigkill_at_a_random_point_equals_an_uninterrupted_run(
+    uninterrupted, tmp_path
+):
+    config, reference_dir, reference = uninterrupted
+    seed = random.randrange(10**6)
+    rc = _kill_at_random_point(config, tmp_path, seed)
+    done = [r["epoch"] for r in read_records(tmp_path)]
+    print(f"kill seed {seed}: rc {rc}, epochs logged before the kill {done}")
+    resumed = train.train_and_evaluate(config, str(tmp_path))
+    assert rc == -signal.SIGKILL, f"the run ended before the kill (seed {seed})"
+    assert resumed["resumed_from_epoch"] >= 2
+    assert read_records(tmp_path) == read_records(reference_dir)
+    assert resumed["steps"] == reference["steps"]
+
+
+def test_a_kill_inside_a_checkpoint_write_leaves_a_resumable_workdir(uninterrupted, tmp_path):
+    config, reference_dir, _ = uninterrupted
+    script = tmp_path / "kill_in_write.py"
+    script.write_text(KILL_IN_WRITE)
+    proc = cli(
+        config,
+        tmp_path / "run",
+        script=str(script),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    entries = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    assert "1" in entries and "2" not in entries, entries
+    assert any(e.startswith("2.") for e in entries), entries  # the half-written one
+    resumed = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert resumed["resumed_from_epoch"] == 1
+    assert read_records(tmp_path / "run") == read_records(reference_dir)
+    assert not any("tmp" in e for e in os.listdir(tmp_path / "run" / "checkpoints"))
+
+
+def test_a_non_finite_loss_names_step_and_block_and_keeps_the_last_good_checkpoint(
+    tiny_config, tmp_path
+):
+    # lr_decay = NaN: epoch 1 trains normally; the first update of epoch 2 (step 9 with
+    # 8 batches per epoch) uses a NaN rate, so step 10 is the first non-finite loss.
+    config = tiny_config(epochs=3, lr_decay=float("nan"), milestones=(1,))
+    with pytest.raises(train.TrainingError, match=r"step 10 \(epoch 2, batch 2 of 8\)") as e:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert "block_0" in str(e.value) and "checkpoint" in str(e.value)
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    assert ckpt.epochs() == [1]
+    ckpt.close()
+    assert [r["epoch"] for r in read_records(tmp_path)] == [1]
+
+
+def test_a_non_finite_update_at_the_end_of_an_epoch_is_not_saved(tiny_config, tmp_path):
+    # one batch per epoch: epoch 2's only loss is finite, but its NaN-rate update is not
+    config = tiny_config(epochs=3, train_limit=16, lr_decay=float("nan"), milestones=(1,))
+    with pytest.raises(train.TrainingError, match=r"after step 2 \(the last of epoch 2\)"):
+        train.train_and_evaluate(config, str(tmp_path))
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    assert ckpt.epochs() == [1]
+    ckpt.close()
+    assert [r["epoch"] for r in read_records(tmp_path)] == [1]
+
+
+def test_resuming_a_different_run_is_refused(tiny_config, tmp_path):
+    train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))
+    with pytest.raises(ValueError, match=r"different run: lr \(checkpoint 0.001, now 0.002\)"):
+        train.train_and_evaluate(tiny_config(epochs=2, lr=2e-3), str(tmp_path))
+    # changing only the run length is a resume
+    assert train.train_and_evaluate(tiny_config(epochs=2), str(tmp_path))["steps"] == 16
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
