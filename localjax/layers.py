@@ -276,6 +276,11 @@ class LocalHead(nn.Module):
                 f"labels must be [B] = [{h.shape[0]}] class indices; got shape "
                 f"{tuple(labels.shape)}."
             )
+        losses.check_labels(
+            labels,
+            cfg.num_classes,
+            where=f"local head of {getattr(self.parent, 'name', None) or 'a block'}",
+        )
         is_map = h.ndim == 4
         onehot = jax.nn.one_hot(labels, cfg.num_classes, dtype=jnp.float32)
         sim_target = onehot

@@ -15,9 +15,13 @@ sums the terms of all blocks.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.experimental import checkify
 
 __all__ = [
     "similarity_matrix",
@@ -26,6 +30,7 @@ __all__ = [
     "predsim_loss",
     "bce_loss",
     "bio_pred_targets",
+    "check_labels",
 ]
 
 NORM_EPS = 1e-8  # the reference adds this to each row's L2 norm (METHOD.md, S(z) step 3)
@@ -174,3 +179,65 @@ def bio_pred_targets(projected_labels: jax.Array) -> jax.Array:
       `[B, P]` float32 array of 0s and 1s, with no gradient.
     """
     return jax.lax.stop_gradient((projected_labels > 0).astype(jnp.float32))
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    """The host value of `x`, or None when `x` is traced (inside jit / grad)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    except RuntimeError:  # e.g. a global array not fully addressable from this host
+        return None
+
+
+def check_labels(labels: jax.Array, num_classes: int, where: str = "labels") -> jax.Array:
+    """Checks class labels against the K outputs of a decoder (Sec. 2.1).
+
+    `jax.nn.one_hot` silently maps an out-of-range label to a zero row, and the
+    cross-entropy of such a row is not the prediction loss of any class, so training
+    would go on with wrong local losses. Shape and dtype are checked always; values are
+    checked at once when `labels` is concrete (eager calls, `model.init` outside jit),
+    and under `jax.jit` through `checkify.debug_check`, which is a no-op unless the
+    step runs under `jax.experimental.checkify` (see `checked_step`).
+
+    Args:
+      labels: `[B]` integer array of class indices, expected in [0, K).
+      num_classes: K, the width of the decoder (`HeadConfig.num_classes`).
+      where: what to name in the error message (e.g. the block).
+
+    Returns:
+      `labels`, unchanged.
+
+    Raises:
+      ValueError: `labels` is not 1-D, or (concrete labels) a value is outside [0, K).
+      TypeError: `labels` is not an integer array (e.g. one-hot or float labels).
+    """
+    shape = tuple(np.shape(labels))
+    if len(shape) != 1:
+        raise ValueError(
+            f"{where}: labels must be [B] integer class indices; got shape {shape}. "
+            "One-hot labels [B, K] are not accepted: pass labels.argmax(-1)."
+        )
+    dtype = jnp.result_type(labels)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{where}: labels must be an integer array of class indices; got {dtype}.")
+    host = _concrete(labels)
+    if host is not None:
+        bad = host[(host < 0) | (host >= num_classes)]
+        if bad.size:
+            raise ValueError(
+                f"{where}: labels must lie in [0, {num_classes}) for a decoder with "
+                f"K={num_classes} outputs; got {bad.size} out of range (e.g. "
+                f"{sorted(set(bad.tolist()))[:5]}). Set HeadConfig.num_classes to the "
+                "dataset's number of classes."
+            )
+    else:
+        checkify.debug_check(
+            jnp.all((labels >= 0) & (labels < num_classes)),
+            f"{where}: labels must lie in [0, {num_classes}) for a decoder with "
+            f"K={num_classes} outputs; got min {{}} max {{}}.",
+            jnp.min(labels),
+            jnp.max(labels),
+        )
+    return labels

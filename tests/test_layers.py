@@ -137,3 +137,9 @@ def test_head_config_validation(kwargs, match):
 def test_unknown_nonlinearity():
     with pytest.raises(ValueError, match="unknown nonlinearity 'gelu'"):
         init(LocalDense(4, nonlin="gelu"), jnp.ones((2, 3)))
+
+
+def test_labels_outside_the_decoder_width_are_refused():
+    head = HeadConfig("predsim", num_classes=3)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        init(LocalDense(4, head=head), jnp.ones((2, 5)), jnp.array([0, 3]))
