@@ -18,6 +18,7 @@ Letters: B batch, H/W image size, C channels (NHWC), K classes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "LOSS_MODES",
     "cut",
     "apply_blocks",
+    "network_layers",
     "OutputLayer",
     "MLP",
     "VGG",
@@ -149,6 +151,27 @@ def apply_blocks(
     return x, local
 
 
+def network_layers(model: nn.Module, x: jax.Array) -> tuple[list[Any], nn.Module]:
+    """The layers of a network from `build_model`, as separate top-level modules.
+
+    Lets a training step run the blocks one at a time (`localjax.step` takes each
+    block's gradient inside the forward sweep, so local learning holds about one block's
+    activations; DESIGN.md "Memory is part of the point"). Each returned module carries
+    the name of its sub-tree in the network's variables: block `b` is applied with
+    `{"params": params[b.name], "batch_stats": batch_stats[b.name], ...}`, and running
+    `apply_blocks(layers, ...)` then `output(cut(h))` is exactly the network's forward.
+
+    Args:
+      model: an unbound `MLP` or `VGG`.
+      x: `[B, H, W, C]` input (only its shape is read).
+
+    Returns:
+      `(layers, output)`: the `apply_blocks` list (blocks and plain callables) and the
+      `OutputLayer` (named `output`).
+    """
+    return model._layers(x), model._output_layer()
+
+
 class OutputLayer(nn.Module):
     """The linear output layer; zero-initialised weight in local modes (Sec. 3).
 
@@ -189,6 +212,7 @@ class _Network(nn.Module):
     detach: bool = True
     dtype: Any = jnp.float32
 
+    @nn.nowrap
     def _dense_blocks(self, first_is_input: bool) -> list[LocalDense]:
         return [
             LocalDense(
@@ -203,8 +227,15 @@ class _Network(nn.Module):
             for i in range(self.num_layers)
         ]
 
+    @nn.nowrap
     def _layers(self, x: jax.Array) -> list[Any]:
         raise NotImplementedError  # each network lists its layers
+
+    @nn.nowrap
+    def _output_layer(self) -> OutputLayer:
+        return OutputLayer(
+            self.num_classes, zero_init=self.head is not None, dtype=self.dtype, name="output"
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool = False):
@@ -223,9 +254,7 @@ class _Network(nn.Module):
         h, local = apply_blocks(
             self._layers(x), x.astype(self.dtype), labels, train=train, detach=detach
         )
-        logits = OutputLayer(
-            self.num_classes, zero_init=local_mode, dtype=self.dtype, name="output"
-        )(cut(h, detach))
+        logits = self._output_layer()(cut(h, detach))
         return logits, local
 
 
@@ -233,6 +262,7 @@ class MLP(_Network):
     """Fully connected network: `num_layers` dense blocks of `num_hidden` units, then
     the output layer (the paper's 3×1024 MLP). Input images are flattened."""
 
+    @nn.nowrap
     def _layers(self, x):
         return self._dense_blocks(first_is_input=True)
 
@@ -250,6 +280,7 @@ class VGG(_Network):
     config: str = "vgg8b"
     feat_mult: float = 1.0
 
+    @nn.nowrap
     def _layers(self, x):
         if self.config not in VGG_CONFIGS:
             raise ValueError(
@@ -378,7 +409,7 @@ def count_params(params: Any) -> tuple[int, int]:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     total = inference = 0
     for path, leaf in flat:
-        size = int(jnp.size(leaf))
+        size = math.prod(leaf.shape)
         total += size
         if not any(getattr(k, "key", None) == "head" for k in path):
             inference += size

@@ -1,0 +1,74 @@
+"""experiments/benchmark.py: tiny runs print valid JSON with the documented keys."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.benchmark import model_flops
+from localjax.models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = {
+    "ms_per_step",
+    "compile_seconds",
+    "examples_per_s",
+    "flops_per_step",
+    "achieved_gflops",
+    "matmul_peak_gflops",
+    "temp_bytes",
+    "argument_bytes",
+}
+TINY = ["--num_hidden=16", "--batch_size=8", "--steps=2", "--warmup=1", "--peak_size=64"]
+
+
+def _run(*flags):
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", *TINY, *flags, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_single_run_prints_json_with_keys():
+    r = _run("--model=mlp", "--depth=1", "--loss=predsim")
+    assert KEYS <= r.keys()
+    for key in KEYS:
+        assert isinstance(r[key], (int, float)) and r[key] > 0, (key, r[key])
+    assert r["flops_per_step"] == model_flops(
+        build_model("mlp", 10, "predsim", num_layers=1, num_hidden=16), 8, (28, 28, 1)
+    )
+
+
+def test_depth_sweep_prints_rows():
+    r = _run("--sweep=depth", "--sweep_depths=1,2", "--loss=pred")
+    rows = r["rows"]
+    assert [(row["depth"], row["loss"]) for row in rows] == [
+        (1, "pred"),
+        (1, "backprop"),
+        (2, "pred"),
+        (2, "backprop"),
+    ]
+    for row in rows:
+        assert {"depth", "loss", "ms_per_step", "temp_bytes"} <= row.keys()
+
+
+@pytest.mark.parametrize("loss", ["predsim", "backprop"])
+def test_model_flops_by_hand(loss):
+    """MLP 1 block, width 16, batch 8, 28x28x1 input, 10 classes (Sec. 2 heads)."""
+    b, d_in, d, k = 8, 784, 16, 10
+    block = 2 * (2 * b * d_in * d)  # forward + weight grad (no grad into the input)
+    if loss == "predsim":
+        heads = 3 * 2 * b * d * d + 3 * 2 * b * b * d + 2 * b * b * k + 3 * 2 * b * d * k
+        output = 2 * (2 * b * d * k)  # cut: no input gradient
+    else:
+        heads = 0
+        output = 3 * (2 * b * d * k)
+    model = build_model("mlp", k, loss, num_layers=1, num_hidden=d)
+    assert model_flops(model, b, (28, 28, 1)) == block + heads + output
