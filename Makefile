@@ -41,10 +41,10 @@ test: venv
 	$(PY) -m pytest -q tests
 
 lint: venv
-	$(VENV)/bin/ruff check localjax experiments tests && $(VENV)/bin/ruff format --check localjax experiments tests
+	$(VENV)/bin/ruff check localjax experiments tests examples && $(VENV)/bin/ruff format --check localjax experiments tests examples
 
 format: venv
-	$(VENV)/bin/ruff format localjax experiments tests && $(VENV)/bin/ruff check --fix localjax experiments tests
+	$(VENV)/bin/ruff format localjax experiments tests examples && $(VENV)/bin/ruff check --fix localjax experiments tests examples
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -9,12 +9,12 @@ Usage::
     out, local = block.apply(variables, x, labels)      # local["loss"]: the local loss
     step = jax.jit(lj.make_train_step(model, optax.adam(5e-4)), donate_argnums=0)
 
-The public API (`__all__`): the local losses (Sec. 2), the blocks and their heads
+The public API (`__all__`): the local losses (METHOD.md, Local losses), the blocks and their heads
 (`LocalDense`, `LocalConv`, and `LocalBlock` for any Linen module), the model
 composition helpers (`cut`, `apply_blocks`, `OutputLayer`), the paper's networks (`MLP`,
 `VGG`, `build_model`), the fused train step and its state, and checks for models you
 compose yourself (`check_gradient_isolation`, `check_labels`, `checked_step`).
-docs/api.md walks through them.
+README.md ("Local losses in your own models") walks through them.
 """
 
 from localjax.compose import (
@@ -58,7 +58,7 @@ from localjax.step import (
 
 __version__ = "0.1.0"
 __all__ = [
-    # local losses (Sec. 2)
+    # local losses (METHOD.md, Local losses; Backprop-free variant)
     "similarity_matrix",
     "sim_loss",
     "pred_loss",
@@ -66,13 +66,13 @@ __all__ = [
     "bce_loss",
     "bio_pred_targets",
     "fa_matmul",
-    # blocks and heads (Sec. 2, Fig. 1)
+    # blocks and heads (METHOD.md, Network; Local losses; paper Fig. 1)
     "HeadConfig",
     "LocalHead",
     "LocalDense",
     "LocalConv",
     "LocalBlock",
-    # composing models (Sec. 2, 3)
+    # composing models (METHOD.md, Network; Local losses)
     "cut",
     "apply_blocks",
     "OutputLayer",
@@ -81,7 +81,7 @@ __all__ = [
     "VGG",
     "build_model",
     "count_params",
-    # training (Sec. 2, 3)
+    # training (METHOD.md, Training)
     "TrainState",
     "create_train_state",
     "make_train_step",

@@ -34,7 +34,19 @@ __all__ = [
 
 
 def to_unit(images: jax.Array) -> jax.Array:
-    """uint8 `[B, H, W, C]` -> float32 in [0, 1]."""
+    """uint8 `[B, H, W, C]` -> float32 in [0, 1].
+
+    Args:
+      images: `[B, H, W, C]` uint8 pixels 0..255 (any shape works).
+
+    Returns:
+      float32 array of the same shape, `images / 255`.
+
+    Raises:
+      Nothing of its own.
+
+    The raw [0, 1] image the crop padding applies to (METHOD.md, Data).
+    """
     return images.astype(jnp.float32) / 255.0
 
 
@@ -45,7 +57,21 @@ def _standardize(x: jax.Array, spec: DatasetSpec) -> jax.Array:
 
 
 def normalize(images: jax.Array, spec: DatasetSpec) -> jax.Array:
-    """uint8 `[B, H, W, C]` -> float32 `(x/255 − mean) / std`, per channel."""
+    """uint8 `[B, H, W, C]` -> float32 `(x/255 − mean) / std`, per channel.
+
+    Args:
+      images: `[B, H, W, C]` uint8 pixels 0..255.
+      spec: the dataset's `DatasetSpec`; `mean` and `std` of length 1 or C.
+
+    Returns:
+      `[B, H, W, C]` float32, normalised.
+
+    Raises:
+      Nothing of its own; jax raises (ValueError/TypeError) when `spec.mean`/`spec.std`
+      do not broadcast against C.
+
+    Implements the normalisation (METHOD.md, Data: mean, std); test sets use it alone.
+    """
     return _standardize(to_unit(images), spec)
 
 
@@ -59,6 +85,12 @@ def random_crop(x: jax.Array, key: jax.Array, padding: int) -> jax.Array:
 
     Returns:
       `[B, H, W, C]` float, same dtype.
+
+    Raises:
+      Nothing of its own; a non-4-D `x` fails when its shape is unpacked (ValueError),
+      a negative `padding` in `jnp.pad` (ValueError).
+
+    Implements the random crop from a zero-padded image (METHOD.md, Data: crop, pad).
     """
     b, h, w, c = x.shape
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
@@ -71,13 +103,26 @@ def random_crop(x: jax.Array, key: jax.Array, padding: int) -> jax.Array:
 
 
 def random_flip(x: jax.Array, key: jax.Array) -> jax.Array:
-    """Horizontal flip of each example with probability 1/2. `[B, H, W, C]` -> same."""
+    """Horizontal flip of each example with probability 1/2.
+
+    Args:
+      x: `[B, H, W, C]` float images.
+      key: PRNG key.
+
+    Returns:
+      `[B, H, W, C]` array of x's dtype.
+
+    Raises:
+      Nothing of its own; `x` of rank < 4 fails in its indexing (IndexError).
+
+    Implements the horizontal flip (METHOD.md, Data: horizontal flip).
+    """
     flip = jax.random.bernoulli(key, 0.5, (x.shape[0], 1, 1, 1))
     return jnp.where(flip, x[:, :, ::-1, :], x)
 
 
 def cutout_mask(centers: jax.Array, height: int, width: int, length: int) -> jax.Array:
-    """Keep-masks of one square cutout hole per example, at given centres (METHOD.md).
+    """Keep-masks of one square cutout hole per example, at given centres.
 
     The hole covers rows `[cy − L//2, cy − L//2 + L)` and columns likewise, clipped at
     the image border, so it is L×L when it lies inside the image and smaller at the
@@ -97,6 +142,8 @@ def cutout_mask(centers: jax.Array, height: int, width: int, length: int) -> jax
 
     Raises:
       ValueError: if `length` is negative or `centers` is not `[B, 2]`.
+
+    Implements the Cutout hole (METHOD.md, Training: Cutout).
     """
     if length < 0:
         raise ValueError(f"cutout length must be >= 0; got {length}.")
@@ -125,6 +172,8 @@ def cutout(x: jax.Array, centers: jax.Array, length: int) -> jax.Array:
 
     Raises:
       ValueError: as `cutout_mask`, or if `x` is not 4-D or batch sizes differ.
+
+    Implements Cutout at given centres (METHOD.md, Training: Cutout).
     """
     if x.ndim != 4:
         raise ValueError(f"cutout expects [B, H, W, C] images; got shape {tuple(x.shape)}.")
@@ -135,7 +184,7 @@ def cutout(x: jax.Array, centers: jax.Array, length: int) -> jax.Array:
 
 
 def random_cutout(x: jax.Array, key: jax.Array, length: int) -> jax.Array:
-    """Cutout with one hole per example at a uniformly random centre (Sec. 3, METHOD.md).
+    """Cutout with one hole per example at a uniformly random centre.
 
     Each centre is drawn uniformly from the H×W pixel grid (as the reference's
     `np.random.randint(h)`, `randint(w)`); the hole is clipped at the border.
@@ -150,6 +199,8 @@ def random_cutout(x: jax.Array, key: jax.Array, length: int) -> jax.Array:
 
     Raises:
       ValueError: if `length` is negative or `x` is not 4-D.
+
+    Implements Cutout (METHOD.md, Training: Cutout).
     """
     if length < 0:
         raise ValueError(f"cutout length must be >= 0; got {length}.")
@@ -185,7 +236,12 @@ def augment(
       `[B, H, W, C]` float32, normalised.
 
     Raises:
-      ValueError: if `cutout_length` is negative.
+      ValueError: if `cutout_length` is negative; a non-4-D `images` fails in
+        `random_crop` (ValueError).
+
+    Implements the per-dataset augmentation and normalisation (METHOD.md, Data; Training:
+    Cutout) inside the step (DESIGN.md, Decisions: data on device, augmentation in the
+    step).
     """
     if cutout_length < 0:
         raise ValueError(f"cutout_length must be >= 0; got {cutout_length}.")

@@ -12,7 +12,7 @@ the `TrainState` fields (step, params, batch_stats, constants, opt_state) as arr
 `meta`, a JSON dict (epoch, data-order state, the run's config). Orbax writes into a
 temporary directory and renames it into place only once complete, so a kill during a
 write leaves the previous checkpoints intact and the half-written one is ignored and
-cleaned up (DESIGN.md, "Checkpoints with Orbax").
+cleaned up (DESIGN.md, Decisions: checkpoints with Orbax).
 
 Only process 0 constructs a `Checkpointer`; state goes through the host as NumPy, so
 the format does not depend on the device count or the number of processes.
@@ -37,6 +37,9 @@ class Checkpointer:
 
     Raises:
       ValueError: keep < 1.
+      OSError: `directory` cannot be created.
+
+    Implements the checkpoints (DESIGN.md, Decisions: checkpoints with Orbax).
     """
 
     def __init__(self, directory: str, keep: int):

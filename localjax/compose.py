@@ -1,4 +1,5 @@
-"""Local losses in your own Flax models (Nøkland & Eidnes 2019, Sec. 2).
+"""Local losses in your own Flax models (METHOD.md, Local losses; DESIGN.md, Decisions:
+Linen modules, pure losses).
 
 Usage::
 
@@ -66,7 +67,7 @@ def checked_step(
 
     Wraps `step(state, images, labels)` (from `make_train_step` / `make_eval_step`) in
     `checkify.checkify` with the user checks enabled: the labels are checked against
-    [0, K) before the step (the prediction loss of Sec. 2.1 and the output layer's need
+    [0, K) before the step (the `pred` loss and the output layer's cross-entropy need
     them there), and every `check_labels` inside the blocks is active. The error is
     fetched after each call, which waits for the step to finish: use it while developing
     a model or for the first steps, and the plain jitted step afterwards.
@@ -83,6 +84,9 @@ def checked_step(
       jax.experimental.checkify.JaxRuntimeError (a ValueError), from the returned
       function, naming the check that failed (e.g. labels out of [0, K)); the
       `check_labels` errors for labels of the wrong shape or dtype, when tracing.
+
+    Guards the labels `y` of the local losses (METHOD.md, Local losses:
+    `pred`, output layer).
     """
 
     def guarded(state, images, labels):
@@ -109,7 +113,7 @@ def _accepts_train(module: nn.Module) -> bool:
 
 
 class LocalBlock(nn.Module):
-    """Any Linen module as a block with local heads (Sec. 2.1–2.4, Fig. 1).
+    """Any Linen module as a block with local heads (Fig. 1).
 
     `out, local = LocalBlock(module, head)(x, labels, train=train)` runs `module` on `x`
     to get the block output h, computes this block's local loss from h with a
@@ -151,6 +155,9 @@ class LocalBlock(nn.Module):
         (e.g. a 3-D `[B, T, D]` sequence: the pred decoder pools over H and W), a batch
         size different from the input's, `recon` on a block that changes the spatial
         size, or labels that are not `[B]` or outside [0, K) (`check_labels`).
+
+    Implements a block and its heads (METHOD.md, Network; Local losses;
+    Backprop-free variant).
     """
 
     module: nn.Module
@@ -192,7 +199,7 @@ class LocalBlock(nn.Module):
         if h.ndim not in (2, 4):
             raise ValueError(
                 f"{where}: local heads need the block output as [B, D] or [B, H, W, C] "
-                f"(NHWC; the pred decoder average-pools over H and W, Sec. 2.1); the "
+                f"(NHWC: the pred decoder average-pools over H and W); the "
                 f"wrapped {type(self.module).__name__} returned shape {tuple(h.shape)}. "
                 "Reshape it inside the module, e.g. h.reshape(h.shape[0], -1) for [B, D]."
             )
@@ -219,7 +226,7 @@ def local_objective(
     labels: jax.Array,
     output_weight: float = 1.0,
 ) -> jax.Array:
-    """The loss the fused step differentiates: Σ_blocks local loss + w·CE(output) (Sec. 2).
+    """The loss the fused step differentiates: Σ_blocks local loss + w·CE(output).
 
     Because every block's input is cut, one gradient of this sum gives each block its
     own local gradient. Use it to train models outside `make_train_step` (e.g. an NNX
@@ -237,6 +244,10 @@ def local_objective(
 
     Raises:
       ValueError: on mismatched logits/labels shapes (`pred_loss`).
+      KeyError: if a non-None `local` entry has no `loss`.
+
+    Implements the fused objective (METHOD.md, Training: one fused step;
+    Local losses: output layer).
     """
     total = output_weight * losses.pred_loss(logits, labels)
     for terms in local:
@@ -256,10 +267,14 @@ def summarize_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     Returns:
       dict of Python floats: `loss`, `error` (1 − correct/count), `objective`, and per
       block `local_loss/block_<i>` (mean local loss) and `local_error/block_<i>` (error
-      of the block's pred decoder, Sec. 3's per-layer errors).
+      of the block's pred decoder, the paper's per-layer errors).
 
     Raises:
       KeyError: if `count` is missing.
+      ZeroDivisionError: if `count` is 0.
+
+    Reports the test error and per-block local errors (METHOD.md, Data:
+    error on the test set; DESIGN.md, What flows where: per-block local loss/error).
     """
     host = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
     n = host["count"]
@@ -278,10 +293,17 @@ def summarize_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 # ---------------------------------------------------------------- gradient isolation
 class GradientLeakError(ValueError):
-    """A local loss sends gradient into another block's parameters (Sec. 2: no gradient
-    may pass to a block's input), e.g. a missing cut, a skip connection across a cut, or
-    parameters shared between blocks. Raised by `check_gradient_isolation`; the message
-    names the leaking block, the block it reaches and some of the parameters."""
+    """A local loss sends gradient into another block's parameters.
+
+    The method lets no gradient pass to a block's input (METHOD.md, Local
+    losses: no gradient passes to the block's input); a leak is e.g. a missing cut, a
+    skip connection across a cut, or parameters shared between blocks. Raised by
+    `check_gradient_isolation`; the message (one str argument) names the leaking block,
+    the block it reaches and some of the parameters.
+
+    Raises:
+      Nothing of its own; it is the error `check_gradient_isolation` raises.
+    """
 
 
 def _path_str(path) -> str:
@@ -308,7 +330,7 @@ def check_gradient_isolation(
     perturb: float = 1e-3,
     include_output: bool = True,
 ) -> dict[str, list[str]]:
-    """Checks that each local loss trains its own block only (Sec. 2; DESIGN "one cut").
+    """Checks that each local loss trains its own block only.
 
     Computes, for every local loss k (and the output loss), the gradient with respect
     to all parameters, and requires that no parameter receives gradient from two
@@ -340,7 +362,10 @@ def check_gradient_isolation(
         into and some of the parameters, e.g. when a cut between blocks is missing.
       ValueError: no local loss at all (every `local` entry None: labels not used or a
         model without heads), or a block's pred decoder width differs from the output
-        layer's K.
+        layer's K; and the `check_labels` errors (ValueError/TypeError) for bad labels.
+
+    Checks the cut (METHOD.md, Local losses: no gradient passes to the block's
+    input; DESIGN.md, Decisions: one cut, one gradient).
     """
     rng = np.random.default_rng(seed)  # host noise: no PRNG kernels to compile
     leaves, treedef = jax.tree_util.tree_flatten(variables["params"])
@@ -439,7 +464,7 @@ def check_gradient_isolation(
 
 # ---------------------------------------------------------------- Flax NNX
 def to_nnx(block: nn.Module, *sample_args: Any, rngs: Any, **sample_kwargs: Any):
-    """A Linen block as a Flax NNX module, initialised on a sample batch (Sec. 2).
+    """A Linen block as a Flax NNX module, initialised on a sample batch.
 
     A thin wrapper over `flax.nnx.bridge.ToNNX(block, rngs=rngs).lazy_init(...)`: the
     result lives inside an `nnx.Module`, keeps the block's `params` / `batch_stats` /
@@ -458,7 +483,11 @@ def to_nnx(block: nn.Module, *sample_args: Any, rngs: Any, **sample_kwargs: Any)
       An initialised `flax.nnx.bridge.ToNNX` module.
 
     Raises:
-      Whatever the block raises on the sample inputs (see `LocalBlock`).
+      Nothing of its own; whatever the block raises on the sample inputs (see
+      `LocalBlock`: ValueError/TypeError for bad outputs or labels).
+
+    Bridges the blocks (METHOD.md, Network; DESIGN.md, Decisions: Linen
+    modules, pure losses — users of Flax NNX wrap our blocks with `flax.nnx.bridge`).
     """
     from flax import nnx
 

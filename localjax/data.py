@@ -19,7 +19,7 @@ Sources, in the order `source="auto"` tries them:
 3. tensorflow-datasets (`localjax.tfds_source`) under `data_dir/tfds`, then cached as in 2.
 
 `data_dir=None` means `$LOCALJAX_DATA_DIR`, else `~/localjax_data` (plus Debian's package
-folder for Fashion-MNIST). docs/datasets.md says how to obtain each dataset.
+folder for Fashion-MNIST). README.md, section 'Datasets' says how to obtain each dataset.
 
 Letters: N examples, H/W image size, C channels (NHWC), K classes.
 Images stay uint8 until the jitted step (augment.py) turns them into float32.
@@ -75,6 +75,12 @@ class DatasetSpec:
       file_format: a key of `readers.LAYOUTS` (`idx`, `cifar10`, `cifar100`, `svhn`, `stl10`).
       tfds_name: the dataset's name in tensorflow-datasets.
       train_splits: TFDS splits concatenated into our `train` split (SVHN: train + extra).
+
+    Raises:
+      Nothing of its own (a frozen dataclass: no validation; assigning a field raises
+      `dataclasses.FrozenInstanceError`).
+
+    Records the data table (METHOD.md, Data).
     """
 
     name: str
@@ -183,7 +189,7 @@ _ALIASES = {
     "stl-10": "stl10",
 }
 
-# how to get the files, per dataset (error messages and docs/datasets.md)
+# how to get the files, per dataset (error messages and README.md, section 'Datasets')
 _HOW_FILES = {
     "mnist": "the four IDX files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
     "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (from the MNIST site or a mirror)",
@@ -201,7 +207,19 @@ _HOW_FILES = {
 
 
 class Dataset(NamedTuple):
-    """images: `[N, H, W, C]` uint8; labels: `[N]` int32 in [0, K)."""
+    """One split of a dataset, as `load` returns it.
+
+    Attributes:
+      images: `[N, H, W, C]` uint8 pixels 0..255.
+      labels: `[N]` int32 class indices in [0, K).
+
+    `len(dataset)` is N (Python int).
+
+    Raises:
+      Nothing of its own (a NamedTuple; `load` validates what it builds).
+
+    Holds the uint8 arrays of DESIGN.md, What flows where (data.py; METHOD.md, Data).
+    """
 
     images: np.ndarray
     labels: np.ndarray
@@ -232,7 +250,12 @@ def default_data_dir() -> str:
     """Where data lives when no data_dir is given: `$LOCALJAX_DATA_DIR`, else `~/localjax_data`.
 
     Returns:
-      An absolute path (it may not exist yet).
+      An absolute path, str (it may not exist yet).
+
+    Raises:
+      Nothing of its own.
+
+    Part of dataset loading (DESIGN.md, Decisions: data on device; modules: data.py).
     """
     return os.path.abspath(
         os.path.expanduser(os.environ.get("LOCALJAX_DATA_DIR") or "~/localjax_data")
@@ -248,7 +271,13 @@ def cache_path(name: str, split: str, data_dir: str | None = None) -> str:
       data_dir: data directory (None: `default_data_dir()`).
 
     Returns:
-      `data_dir/localjax_cache/<name>-<split>.npz`.
+      `data_dir/localjax_cache/<name>-<split>.npz`, str. Neither argument is validated.
+
+    Raises:
+      Nothing of its own.
+
+    The TFDS cache (DESIGN.md, Decisions: data on device; TFDS is the source for
+    downloaded datasets).
     """
     return os.path.join(data_dir or default_data_dir(), _CACHE_DIR, f"{name}-{split}.npz")
 
@@ -308,7 +337,7 @@ def _missing_message(spec: DatasetSpec, split: str, dirs: list[str], tried_tfds:
 def _tfds_hint(spec: DatasetSpec) -> str:
     return (
         f"or load it through TFDS ({spec.tfds_name!r}) with --config.data_source=tfds after "
-        f"{tfds_source.INSTALL_HINT}. See docs/datasets.md."
+        f"{tfds_source.INSTALL_HINT}. See README.md, section 'Datasets'."
     )
 
 
@@ -440,6 +469,9 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> 
 
     Raises:
       ValueError: if N or batch_size is not positive.
+
+    Implements the epoch order (METHOD.md, Training: batch 128, last partial batch kept;
+    DESIGN.md, Decisions: reproducibility).
     """
     if num_examples <= 0 or batch_size <= 0:
         raise ValueError(

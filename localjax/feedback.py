@@ -1,5 +1,5 @@
 """Feedback alignment (Lillicrap et al. 2016) for the backprop-free `bio` variant,
-Nøkland & Eidnes (2019) Sec. 2.4.
+Nøkland & Eidnes (2019) (METHOD.md, Backprop-free variant: `pred`).
 
 Usage::
 
@@ -33,8 +33,10 @@ def fa_matmul(x: jax.Array, w: jax.Array, feedback: jax.Array) -> jax.Array:
       `[B, O]` array of x's dtype.
 
     Raises:
-      ValueError: if `x`, `w` or `feedback` is not 2-D, or `w` and `feedback` shapes
-        differ.
+      ValueError: if `x` or `w` is not 2-D, or `w` and `feedback` shapes differ (so a
+        `feedback` that is not 2-D is refused too).
+
+    Implements the feedback-alignment decoder (METHOD.md, Backprop-free variant: `pred`).
     """
     if x.ndim != 2 or w.ndim != 2:
         raise ValueError(

@@ -1,4 +1,5 @@
-"""Linen blocks with local heads (Nøkland & Eidnes 2019, Sec. 2 and Fig. 1).
+"""Linen blocks with local heads (Nøkland & Eidnes 2019, Fig. 1; METHOD.md, Network and
+Local losses).
 
 Usage::
 
@@ -62,6 +63,12 @@ def torch_kernel_init() -> Callable:
     Returns:
       A Flax initializer `(key, shape, dtype) -> array`; fan_in is read from the
       kernel shape (`[I, O]` dense, `[kh, kw, I, O]` conv).
+
+    Raises:
+      Nothing of its own (Flax's initializer raises when called on a shape it cannot
+      read a fan_in from).
+
+    Implements the reference init (METHOD.md, Training: reference PyTorch default init).
     """
     return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -77,6 +84,8 @@ def torch_bias_init(fan_in: int) -> Callable:
 
     Raises:
       ValueError: if `fan_in` is not positive.
+
+    Implements the reference init (METHOD.md, Training: reference PyTorch default init).
     """
     if fan_in <= 0:
         raise ValueError(f"torch_bias_init needs fan_in > 0; got {fan_in}.")
@@ -108,7 +117,7 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 # ---------------------------------------------------------------- configuration
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """What a block's local heads compute (Sec. 2).
+    """What a block's local heads compute (METHOD.md, Local losses; Backprop-free variant).
 
     Attributes:
       loss: supervised local loss, one of `pred`, `sim`, `predsim`.
@@ -116,8 +125,9 @@ class HeadConfig:
       beta: predsim weight of the similarity matching loss (paper 0.99; bio 0.01).
       dim_in_decoder: largest input size of a conv block's pred decoder; the average
         pool is sized to fit it (`decoder_pool_geometry`). Ignored for dense blocks.
-      bio: the backprop-free variant (Sec. 2.4): fixed random label projection P,
-        feedback-alignment decoder, binary cross-entropy, no learned sim projection.
+      bio: the backprop-free variant (METHOD.md, Backprop-free variant): fixed random
+        label projection P, feedback-alignment decoder, binary cross-entropy, no learned
+        sim projection.
       target_proj_size: P, the label projection size of `bio` (paper 128).
       unsup: unsupervised extra term: `none`, `sim` (match S of the block input) or
         `recon` (reconstruct the block input; skipped in the first block).
@@ -167,7 +177,7 @@ class HeadConfig:
 def decoder_pool_geometry(
     channels: int, height: int, width: int, dim_in_decoder: int
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Average-pool geometry in front of a conv block's pred decoder (Sec. 2.1; METHOD.md).
+    """Average-pool geometry in front of a conv block's pred decoder.
 
     Starting from a 1×1 kernel, the kernel height is doubled, then the width if still
     needed, while C·ceil(H/kh)·ceil(W/kw) > dim_in_decoder and kh < H. Padding centres
@@ -182,7 +192,13 @@ def decoder_pool_geometry(
 
     Returns:
       `((kh, kw), (ph, pw), (oh, ow))`: kernel (= stride), padding per side, output size.
-      E.g. (128, 28, 28, 1024) -> ((16, 8), (8, 4), (2, 4)).
+      E.g. (128, 28, 28, 1024) -> ((16, 8), (8, 4), (2, 4)). All Python ints.
+
+    Raises:
+      Nothing of its own; it does not validate its arguments (non-positive sizes give a
+      1×1 kernel or a meaningless geometry).
+
+    Implements the pool of the `pred` decoder (METHOD.md, Local losses: `pred`).
     """
     kh, kw = 1, 1
     oh, ow = height, width
@@ -222,7 +238,7 @@ def _fixed_uniform(fan_in: int) -> Callable:
 
 # ---------------------------------------------------------------- local heads
 class LocalHead(nn.Module):
-    """The local heads of one block and its local loss (Sec. 2.1–2.4).
+    """The local heads of one block and its local loss.
 
     Attach it to the output `h` (before dropout) of any Linen module:
     `sim` uses a learned no-bias projection g (dense D×D, or conv 3×3 C→C) and matches
@@ -235,6 +251,18 @@ class LocalHead(nn.Module):
     Attributes:
       config: a `HeadConfig`.
       nonlin: name of the block's nonlinearity (used by the `recon` decoder).
+
+    Call: `head(h, labels, x=None, first_layer=False)` with `h` `[B, D]` or `[B, H, W, C]`
+    float and `labels` `[B]` int in [0, K); returns a dict of float32 scalars `loss`,
+    `pred`, `sim` and `logits` (`[B, K]` float32 or None); see `__call__`.
+
+    Raises:
+      ValueError: `h` not 2-D or 4-D, `labels` not `[B]` or (concrete) outside [0, K),
+        `x` missing for an unsupervised term, or an unknown `nonlin` with `recon`.
+      TypeError: `labels` not integer (from `losses.check_labels`).
+
+    Implements the heads and local losses (METHOD.md, Local losses: `sim`, `pred`,
+    `predsim`, unsupervised extras; Backprop-free variant).
     """
 
     config: HeadConfig
@@ -262,8 +290,9 @@ class LocalHead(nn.Module):
           (0 where unused) and `logits` (`[B, K]`, or None for sim-only and `bio`).
 
         Raises:
-          ValueError: if `h` is not 2-D or 4-D, `labels` is not `[B]`, or `x` is missing
-            for an unsupervised term.
+          ValueError: if `h` is not 2-D or 4-D, `labels` is not `[B]` or (concrete
+            labels) outside [0, K), or `x` is missing for an unsupervised term.
+          TypeError: if `labels` is not an integer array.
         """
         cfg = self.config
         if h.ndim not in (2, 4):
@@ -419,6 +448,17 @@ class LocalDense(nn.Module):
       dropout: dropout rate on the passed-on output.
       first_layer: whether this is the network's first block (no `recon` term).
       dtype: compute dtype (parameters stay float32).
+
+    Call: `block(x, labels=None, *, train=False)` with `x` `[B, ...]` float (flattened to
+    `[B, D_in]`) and `labels` `[B]` int or None; returns `(out, local)`, `out`
+    `[B, features]` of `dtype`, `local` as in `LocalHead` or None.
+
+    Raises:
+      ValueError: an unknown `nonlin`, or the `LocalHead` errors (bad labels, missing
+        input for an unsupervised term).
+      TypeError: non-integer labels (from `LocalHead`).
+
+    Implements the dense block (METHOD.md, Network: dense block; Local losses).
     """
 
     features: int
@@ -466,6 +506,17 @@ class LocalConv(nn.Module):
       kernel_size, stride, padding: the conv geometry (3, 1, 1; STL-10's first: 7, 2, 3).
       first_layer: whether this is the network's first block (no `recon` term).
       dtype: compute dtype (parameters stay float32).
+
+    Call: `block(x, labels=None, *, train=False)` with `x` `[B, H, W, C_in]` float and
+    `labels` `[B]` int or None; returns `(out, local)`, `out` `[B, H', W', features]` of
+    `dtype`, `local` as in `LocalHead` or None.
+
+    Raises:
+      ValueError: `x` not 4-D, an unknown `nonlin`, or the `LocalHead` errors (bad
+        labels, missing input for an unsupervised term).
+      TypeError: non-integer labels (from `LocalHead`).
+
+    Implements the conv block (METHOD.md, Network: conv block; Local losses).
     """
 
     features: int

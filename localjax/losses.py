@@ -1,5 +1,6 @@
 """Local loss functions of Nøkland & Eidnes (2019), "Training Neural Networks with
-Local Error Signals" (arXiv 1901.06656), Section 2.
+Local Error Signals" (arXiv 1901.06656): the local losses (METHOD.md, Local losses;
+Backprop-free variant).
 
 Usage::
 
@@ -8,7 +9,8 @@ Usage::
     l_pred = pred_loss(logits, labels)          # scalar
     l = predsim_loss(l_pred, l_sim, beta=0.99)  # scalar
 
-Letters: B batch, D features, H/W spatial size, C channels (NHWC layout), K classes.
+Letters: B batch, D features, H/W spatial size, C channels (NHWC layout), K classes,
+P width of the `bio` label projection (128 in the paper).
 All functions are pure, jit-able and return float32 scalars or arrays; the caller
 sums the terms of all blocks.
 """
@@ -48,7 +50,7 @@ def _check_batch(name: str, x: jax.Array, min_ndim: int = 2) -> None:
 
 
 def similarity_matrix(z: jax.Array) -> jax.Array:
-    """Adjusted cosine similarity of every pair of examples in a batch (Sec. 2.2, eq. 1).
+    """Adjusted cosine similarity of every pair of examples in a batch.
 
     A feature map `[B, H, W, C]` with C > 3 and H > 1 is first reduced to the unbiased
     standard deviation of each channel over its H·W positions (`[B, C]`); any other input
@@ -63,6 +65,8 @@ def similarity_matrix(z: jax.Array) -> jax.Array:
 
     Raises:
       ValueError: if `z` has no feature axis or an empty batch.
+
+    Implements the similarity matrix S(z) (METHOD.md, Local losses: similarity matrix).
     """
     _check_batch("similarity_matrix input", z)
     if z.ndim == 4 and z.shape[3] > 3 and z.shape[1] > 1:
@@ -76,7 +80,7 @@ def similarity_matrix(z: jax.Array) -> jax.Array:
 
 
 def sim_loss(z: jax.Array, targets: jax.Array) -> jax.Array:
-    """Similarity matching loss (Sec. 2.2): mean over B² of (S(z) − S(targets))².
+    """Similarity matching loss: mean over B² of (S(z) − S(targets))².
 
     Args:
       z: `[B, D]` or `[B, H, W, C]` float array, the block output after its learned
@@ -88,7 +92,11 @@ def sim_loss(z: jax.Array, targets: jax.Array) -> jax.Array:
       float32 scalar.
 
     Raises:
-      ValueError: if the batch sizes differ or an input has no feature axis.
+      ValueError: if the batch sizes differ, or an input has no feature axis or an empty
+        batch.
+
+    Implements the `sim` loss (METHOD.md, Local losses: `sim`; Backprop-free variant:
+    `sim`).
     """
     _check_batch("sim_loss z", z)
     _check_batch("sim_loss targets", targets)
@@ -103,7 +111,7 @@ def sim_loss(z: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def pred_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Prediction loss (Sec. 2.1): mean softmax cross-entropy of local logits vs labels.
+    """Prediction loss: mean softmax cross-entropy of local logits vs labels.
 
     Args:
       logits: `[B, K]` float array from a block's local decoder (or the output layer).
@@ -114,6 +122,10 @@ def pred_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
     Raises:
       ValueError: if shapes do not match `[B, K]` and `[B]`.
+
+    Implements the `pred` loss (METHOD.md, Local losses: `pred`) and the output layer's
+    cross-entropy (METHOD.md, Local losses: output layer). Label values are not checked
+    here; see `check_labels`.
     """
     if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0]:
         raise ValueError(
@@ -125,7 +137,7 @@ def pred_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def predsim_loss(pred: jax.Array, sim: jax.Array, beta: float = 0.99) -> jax.Array:
-    """The combined `predsim` loss (Sec. 2.3): (1 − β)·pred + β·sim.
+    """The combined `predsim` loss: (1 − β)·pred + β·sim.
 
     Args:
       pred: float scalar from `pred_loss` (or `bce_loss` in the `bio` variant).
@@ -138,6 +150,9 @@ def predsim_loss(pred: jax.Array, sim: jax.Array, beta: float = 0.99) -> jax.Arr
 
     Raises:
       ValueError: if `beta` is outside [0, 1].
+
+    Implements the `predsim` loss (METHOD.md, Local losses: `predsim`; Backprop-free
+    variant: `predsim` with `bio`).
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"predsim beta must be in [0, 1]; got {beta}.")
@@ -156,6 +171,8 @@ def bce_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
     Raises:
       ValueError: if the shapes differ.
+
+    Implements the `bio` prediction loss (METHOD.md, Backprop-free variant: `pred`).
     """
     if logits.shape != targets.shape:
         raise ValueError(
@@ -169,7 +186,7 @@ def bce_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def bio_pred_targets(projected_labels: jax.Array) -> jax.Array:
-    """Target of the `bio` prediction loss (Sec. 2.4): the 0/1 vector (P·Y) > 0.
+    """Target of the `bio` prediction loss: the 0/1 vector (P·Y) > 0.
 
     Args:
       projected_labels: `[B, P]` float array P·Y, one-hot labels through the fixed
@@ -177,6 +194,11 @@ def bio_pred_targets(projected_labels: jax.Array) -> jax.Array:
 
     Returns:
       `[B, P]` float32 array of 0s and 1s, with no gradient.
+
+    Raises:
+      Nothing of its own.
+
+    Implements the `bio` target `(P·Y) > 0` (METHOD.md, Backprop-free variant: `pred`).
     """
     return jax.lax.stop_gradient((projected_labels > 0).astype(jnp.float32))
 
@@ -192,7 +214,7 @@ def _concrete(x: Any) -> np.ndarray | None:
 
 
 def check_labels(labels: jax.Array, num_classes: int, where: str = "labels") -> jax.Array:
-    """Checks class labels against the K outputs of a decoder (Sec. 2.1).
+    """Checks class labels against the K outputs of a decoder.
 
     `jax.nn.one_hot` silently maps an out-of-range label to a zero row, and the
     cross-entropy of such a row is not the prediction loss of any class, so training
@@ -212,6 +234,9 @@ def check_labels(labels: jax.Array, num_classes: int, where: str = "labels") -> 
     Raises:
       ValueError: `labels` is not 1-D, or (concrete labels) a value is outside [0, K).
       TypeError: `labels` is not an integer array (e.g. one-hot or float labels).
+
+    Guards the integer labels `y` of the `pred` loss (METHOD.md, Local losses:
+    `pred`).
     """
     shape = tuple(np.shape(labels))
     if len(shape) != 1:

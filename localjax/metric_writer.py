@@ -51,14 +51,20 @@ def tensorboard_available() -> bool:
     """Whether tensorboardX can be imported (warns once when it cannot).
 
     Returns:
-      bool.
+      Python bool.
+
+    Raises:
+      Nothing of its own (a failed import only warns).
+
+    Part of the metrics files (DESIGN.md, What flows where: metrics files, plots).
     """
     return _summary_writer_class() is not None
 
 
 class MetricWriter:
     """Appends one JSON object per epoch to `WORKDIR/metrics.jsonl`, and writes the
-    same numbers as TensorBoard scalars beside it (DESIGN.md: metrics files).
+    same numbers as TensorBoard scalars beside it (DESIGN.md, What flows where: metrics
+    files).
 
     Args:
       workdir: existing directory.

@@ -1,4 +1,4 @@
-"""The paper's networks: MLP and VGG-style conv nets (Nøkland & Eidnes 2019, Sec. 3).
+"""The paper's networks: MLP and VGG-style conv nets (METHOD.md, Network).
 
 Usage::
 
@@ -115,7 +115,14 @@ def cut(x: jax.Array, enabled: bool = True) -> jax.Array:
       enabled: False for deep supervision (`detach=False`) and the backprop baseline.
 
     Returns:
-      `x` unchanged in value; with `enabled`, wrapped in `jax.lax.stop_gradient`.
+      `x` unchanged in value, shape and dtype; with `enabled`, wrapped in
+      `jax.lax.stop_gradient`.
+
+    Raises:
+      Nothing of its own.
+
+    Implements the graph cut (METHOD.md, Local losses: no gradient passes to the block's
+    input; DESIGN.md, Decisions: one cut, one gradient).
     """
     return jax.lax.stop_gradient(x) if enabled else x
 
@@ -139,7 +146,16 @@ def apply_blocks(
       detach: cut the graph before every block (local learning).
 
     Returns:
-      `(output, local)`: the last layer's output and one `local` entry per block.
+      `(output, local)`: the last layer's output (shape and dtype set by the layers, e.g.
+      `[B, D]` float) and one `local` entry per block (dict of float32 scalars and
+      `[B, K]` logits, or None).
+
+    Raises:
+      Nothing of its own; the blocks raise theirs (e.g. `ValueError`/`TypeError` for bad
+      labels, see `LocalHead`).
+
+    Implements the block stack with a cut before each block (METHOD.md, Network; Local
+    losses: no gradient passes to the block's input).
     """
     local = []
     for layer in layers:
@@ -168,17 +184,29 @@ def network_layers(model: nn.Module, x: jax.Array) -> tuple[list[Any], nn.Module
     Returns:
       `(layers, output)`: the `apply_blocks` list (blocks and plain callables) and the
       `OutputLayer` (named `output`).
+
+    Raises:
+      ValueError: for a `VGG` with an unknown `config`.
+      NotImplementedError: for a network class that does not list its layers.
     """
     return model._layers(x), model._output_layer()
 
 
 class OutputLayer(nn.Module):
-    """The linear output layer; zero-initialised weight in local modes (Sec. 3).
+    """The linear output layer; zero-initialised weight in local modes.
 
     Attributes:
       num_classes: K.
       zero_init: zero the weight (local modes); the bias keeps PyTorch's default.
       dtype: compute dtype.
+
+    Call: `OutputLayer(K, zero_init)(x)` with `x` `[B, ...]` float (flattened to
+    `[B, D]`); returns logits `[B, K]` float32.
+
+    Raises:
+      Nothing of its own (Flax raises if a later call's D differs from the init's).
+
+    Implements the output layer (METHOD.md, Local losses: output layer; Network).
     """
 
     num_classes: int
@@ -260,7 +288,18 @@ class _Network(nn.Module):
 
 class MLP(_Network):
     """Fully connected network: `num_layers` dense blocks of `num_hidden` units, then
-    the output layer (the paper's 3×1024 MLP). Input images are flattened."""
+    the output layer (the paper's 3×1024 MLP). Input images are flattened.
+
+    Call: `model(x, labels=None, *, train=False)` with `x` `[B, H, W, C]` float
+    (normalised) and `labels` `[B]` int or None; returns `(logits [B, K] float32, local)`,
+    one `local` entry per block (see `LocalHead`).
+
+    Raises:
+      ValueError: an unknown `nonlin`, or bad labels / a `HeadConfig` error from the heads.
+      TypeError: non-integer labels.
+
+    Implements the MLP (METHOD.md, Network: the MLP is `num_layers` dense blocks).
+    """
 
     @nn.nowrap
     def _layers(self, x):
@@ -275,6 +314,16 @@ class VGG(_Network):
         max-pool between blocks.
       feat_mult: channel multiplier.
       dim_in_decoder: see `HeadConfig` (taken from `head`).
+
+    Call: `model(x, labels=None, *, train=False)` with `x` `[B, H, W, C]` float
+    (normalised) and `labels` `[B]` int or None; returns `(logits [B, K] float32, local)`,
+    one `local` entry per block (see `LocalHead`).
+
+    Raises:
+      ValueError: an unknown `config` or `nonlin`, a non-4-D input, or bad labels.
+      TypeError: non-integer labels.
+
+    Implements the VGG networks (METHOD.md, Network: VGG configs; inputs > 64 px).
     """
 
     config: str = "vgg8b"
@@ -350,7 +399,11 @@ def build_model(
       An unbound Linen module; see the module docstring for its call signature.
 
     Raises:
-      ValueError: for an unknown model or loss name (the message lists the known ones).
+      ValueError: for an unknown model or loss name (the message lists the known ones),
+        or an invalid head setting (from `HeadConfig`: beta/alpha outside [0, 1],
+        num_classes < 2, unknown unsup).
+
+    Implements the paper's networks and loss modes (METHOD.md, Network; Local losses).
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}.")
@@ -389,7 +442,19 @@ def build_model(
 
 def output_loss_weight(model: nn.Module) -> float:
     """Weight of the output layer's cross-entropy: 1 − β in `predsim` mode, else 1
-    (the reference scales the global loss so, `bio` included)."""
+    (the reference scales the global loss so, `bio` included).
+
+    Args:
+      model: a network from `build_model` (any object; one without a `head` gets 1).
+
+    Returns:
+      Python float in [0, 1].
+
+    Raises:
+      Nothing of its own.
+
+    Implements the output loss weight (METHOD.md, Local losses: output layer).
+    """
     head = getattr(model, "head", None)
     if head is not None and head.loss == "predsim":
         return 1.0 - head.beta
@@ -403,8 +468,14 @@ def count_params(params: Any) -> tuple[int, int]:
       params: the `params` collection (a nested dict of arrays).
 
     Returns:
-      `(inference, total)`: parameters used at test time (blocks and output layer),
-      and those plus every local head's.
+      `(inference, total)`: Python ints, parameters used at test time (blocks and output
+      layer), and those plus every local head's.
+
+    Raises:
+      AttributeError: if a leaf has no `shape` (not an array).
+
+    Reports the cost of the local heads (METHOD.md, Local losses; DESIGN.md, Decisions:
+    memory is part of the point).
     """
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     total = inference = 0

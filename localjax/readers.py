@@ -6,7 +6,7 @@ Usage::
     paths = find_files(layout, "train", ["/data", "/data/cifar-10-batches-py"])
     images, labels = read_files(layout, paths)   # [N, 32, 32, 3] uint8, [N] int64
 
-Formats (METHOD.md, Data: the seven datasets; see docs/datasets.md for where to get them):
+Formats (METHOD.md, Data; README.md, section 'Datasets', says where to get them):
 
 | format     | files (train / test)                                   | labels         |
 | ---------- | ------------------------------------------------------ | -------------- |
@@ -46,8 +46,17 @@ __all__ = [
 
 
 class DatasetError(RuntimeError):
-    """A dataset cannot be loaded: missing, corrupt or inconsistent files. The message
-    names the problem, where it looked and how to fix it."""
+    """A dataset cannot be loaded: missing, corrupt or inconsistent files.
+
+    Args:
+      message: str naming the problem, where it looked and how to fix it.
+
+    Raises:
+      Nothing of its own; the readers and `data.load` raise it.
+
+    Part of dataset loading (DESIGN.md, Decisions: data on device; the IDX reader serves
+    local files; modules: data.py).
+    """
 
 
 # ------------------------------------------------------------------ IDX files
@@ -302,6 +311,12 @@ class FileLayout:
       files: split -> file names needed, in reading order.
       gz_ok: names may also carry a `.gz` suffix (IDX).
       read: paths -> (images `[N, H, W, C]` uint8, labels `[N]` int in [0, K)).
+
+    Raises:
+      Nothing of its own (a frozen dataclass; no validation).
+
+    Describes the published file formats (DESIGN.md, Decisions: data on device; the IDX
+    reader serves local files; METHOD.md, Data).
     """
 
     subdir: str
@@ -317,7 +332,12 @@ def idx_files(prefix: tuple[str, str]) -> dict[str, tuple[str, ...]]:
       prefix: the file-name prefixes of the train and test files.
 
     Returns:
-      `{"train": (images, labels), "test": (images, labels)}` names without `.gz`.
+      `{"train": (images, labels), "test": (images, labels)}` names (str) without `.gz`.
+
+    Raises:
+      ValueError: `prefix` does not hold exactly two entries (`zip(..., strict=True)`).
+
+    The IDX file names (DESIGN.md, Decisions: data on device; the IDX reader serves local files).
     """
     return {
         split: (f"{p}-images-idx3-ubyte", f"{p}-labels-idx1-ubyte")
@@ -375,7 +395,13 @@ def find_files(layout: FileLayout, split: str, directories: Sequence[str]) -> li
       directories: where to look, in order.
 
     Returns:
-      The paths in the layout's reading order, or None if no directory has them all.
+      The paths (list of str) in the layout's reading order, or None if no directory
+      has them all.
+
+    Raises:
+      KeyError: `split` is not a key of `layout.files`.
+
+    Finds local files (DESIGN.md, Decisions: data on device; the IDX reader serves local files).
     """
     for directory in directories:
         paths = [_locate(directory, n, layout.gz_ok) for n in layout.files[split]]
@@ -396,5 +422,8 @@ def read_files(layout: FileLayout, paths: Sequence[str]) -> tuple[np.ndarray, np
 
     Raises:
       DatasetError: a file is missing, truncated, corrupt or of the wrong format.
+
+    Reads local files (DESIGN.md, Decisions: data on device; the IDX reader serves local
+    files; METHOD.md, Data).
     """
     return layout.read(paths)

@@ -1,4 +1,5 @@
-"""Which examples each batch of an epoch holds (Nøkland & Eidnes 2019, Sec. 3).
+"""Which examples each batch of an epoch holds (METHOD.md, Training: batch 128,
+`classes_per_batch`).
 
 Usage::
 
@@ -36,7 +37,13 @@ def classes_per_batch_active(classes_per_batch: int, until_epoch: int, epoch: in
       epoch: the epoch (1-based).
 
     Returns:
-      bool.
+      Python bool.
+
+    Raises:
+      Nothing of its own.
+
+    Implements the switch of the sampler (METHOD.md, Training: `classes_per_batch` until
+    a given epoch).
     """
     return classes_per_batch > 0 and (until_epoch <= 0 or epoch <= until_epoch)
 
@@ -76,6 +83,8 @@ def class_batches(
     Raises:
       ValueError: if `labels` is not 1-D or empty, or `batch_size` or
         `classes_per_batch` is not positive.
+
+    Implements the classes-per-batch sampler (METHOD.md, Training: `classes_per_batch`).
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0:
@@ -130,7 +139,8 @@ def epoch_order(
     classes_per_batch: int = 0,
     until_epoch: int = 0,
 ) -> list[np.ndarray]:
-    """The batches of one epoch as index arrays (Sec. 3; METHOD.md, Training).
+    """The batches of one epoch as index arrays (METHOD.md, Training: batch 128,
+    `classes_per_batch`).
 
     Args:
       labels: `[N]` int labels of the training set.

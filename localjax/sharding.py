@@ -13,7 +13,7 @@ Parameters, optimizer state and (small) datasets are replicated; the batch (its 
 indices) is split over the devices along `data`. Under `jax.jit` the step is written for the
 *global* batch, so BatchNorm statistics and the B x B similarity matrices of the local losses
 (METHOD.md, "Local losses") cover all B examples exactly as on one device: XLA inserts the
-collectives. There are no per-device branches (DESIGN.md, "Data parallel").
+collectives. There are no per-device branches (DESIGN.md, Decisions: data parallel).
 
 Letters: B global batch, n devices in the mesh, P processes.
 """
@@ -67,6 +67,8 @@ def initialize_distributed(
     Raises:
       ValueError: a coordinator is given but P or the process id cannot be determined, or
         JAX already ran computations in this process (the message says how to fix it).
+
+    Multi-host runs (DESIGN.md, Decisions: data parallel: `jax.distributed.initialize()`).
     """
     if jax.distributed.is_initialized():
         return True
@@ -94,7 +96,16 @@ def initialize_distributed(
 
 
 def is_primary() -> bool:
-    """True on process 0, the only one that writes logs, metrics and checkpoints."""
+    """True on process 0, the only one that writes logs, metrics and checkpoints.
+
+    Returns:
+      Python bool.
+
+    Raises:
+      Nothing of its own.
+
+    Multi-host runs (DESIGN.md, Decisions: data parallel).
+    """
     return jax.process_index() == 0
 
 
@@ -113,6 +124,8 @@ def make_mesh(num_devices: int = 0) -> Mesh:
 
     Raises:
       ValueError: n exceeds the device count, or n leaves some process without devices.
+
+    The 1-D mesh (DESIGN.md, Decisions: data parallel; modules: sharding.py).
     """
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     if num_devices:
@@ -131,12 +144,36 @@ def make_mesh(num_devices: int = 0) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    """The sharding of parameters, optimizer state, datasets and metrics: a full copy per device."""
+    """The sharding of parameters, optimizer state, datasets and metrics: a full copy per device.
+
+    Args:
+      mesh: the data mesh.
+
+    Returns:
+      A `NamedSharding` with an empty `PartitionSpec` (any shape, any dtype).
+
+    Raises:
+      Nothing of its own.
+
+    Params replicated (DESIGN.md, Decisions: data parallel).
+    """
     return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """The sharding of a batch: its leading axis split over `data`, B / n rows per device."""
+    """The sharding of a batch: its leading axis split over `data`, B / n rows per device.
+
+    Args:
+      mesh: the data mesh (n devices).
+
+    Returns:
+      A `NamedSharding` with `PartitionSpec('data')`, for arrays `[B, ...]` of any dtype.
+
+    Raises:
+      Nothing of its own (placing an array whose B is not a multiple of n fails later).
+
+    Batch sharded (DESIGN.md, Decisions: data parallel).
+    """
     return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
@@ -149,7 +186,10 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> No
       what: the option's name, for the message.
 
     Raises:
-      ValueError: B % n != 0; the message names both numbers and the nearest valid sizes.
+      ValueError: B <= 0 or B % n != 0; the message names both numbers and the nearest
+        valid sizes.
+
+    The divisibility check (DESIGN.md, Decisions: data parallel; modules: sharding.py).
     """
     n = mesh.size
     if batch_size <= 0 or batch_size % n:
@@ -172,6 +212,11 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
 
     Returns:
       The same pytree of `jax.Array`s, replicated over `mesh`, dtypes unchanged.
+
+    Raises:
+      Nothing of its own.
+
+    Datasets and params replicated (DESIGN.md, Decisions: data parallel; data on device).
     """
     sharding = replicated(mesh)
 
@@ -197,7 +242,12 @@ def put_batch(batch: Any, mesh: Mesh) -> Any:
       mesh: the data mesh.
 
     Returns:
-      The same pytree of global `jax.Array`s.
+      The same pytree of global `jax.Array`s, shapes and dtypes unchanged.
+
+    Raises:
+      IndexError: `batch` has no leaves, or its first leaf has no leading axis.
+
+    Batch sharded (DESIGN.md, Decisions: data parallel).
     """
     leaves = jax.tree_util.tree_leaves(batch)
     size = np.shape(leaves[0])[0]
@@ -223,6 +273,12 @@ def data_parallel(fn: Callable, mesh: Mesh, donate_first: bool = True) -> Callab
       donate_first: donate the state's buffers to the update (in-place on device).
 
     Returns:
-      The jitted function; all of its outputs are replicated over `mesh`.
+      The jitted function (same argument and output shapes and dtypes as `fn`); all of
+      its outputs are replicated over `mesh`.
+
+    Raises:
+      Nothing of its own; errors of `fn` surface when the returned function is traced.
+
+    State donated, outputs replicated (DESIGN.md, Decisions: data parallel).
     """
     return jax.jit(fn, out_shardings=replicated(mesh), donate_argnums=(0,) if donate_first else ())

@@ -7,12 +7,12 @@ Usage::
     state, metrics = step(state, images_u8, labels)   # metrics: sums over the batch
 
 The loss differentiated is Σ_blocks local loss + w·CE(output), w = 1 − β for predsim,
-else 1 (Sec. 2). Because `models.cut` stops gradients between blocks, one
+else 1 (METHOD.md, Training: fused step). Because `models.cut` stops gradients between blocks, one
 `jax.value_and_grad` of this sum gives each block exactly its own local gradient
 (`make_reference_train_step`). `make_train_step` computes the same gradients block by
 block inside the forward sweep, so compiled memory stays flat in depth (DESIGN.md);
 `make_multi_step` runs several steps per dispatch; `shifted_wgrad_convs` is a CPU speed
-option for convolutions (docs/performance.md).
+option for convolutions (README.md, "Performance").
 
 Raises (all builders): nothing at build time; shape errors surface when the step is traced
 (e.g. `LocalHead`'s ValueError for labels that are not `[B]`).
@@ -58,6 +58,12 @@ class TrainState(struct.PyTreeNode):
       batch_stats: BatchNorm running averages.
       constants: fixed random matrices (`bio` variant); never updated.
       opt_state: the optax optimizer state.
+
+    Raises:
+      Nothing of its own.
+
+    Holds the state of the fused step (METHOD.md, Training; DESIGN.md, Decisions:
+    Linen modules, pure losses).
     """
 
     step: jax.Array
@@ -91,7 +97,14 @@ def create_train_state(
       labels: `[b]` int sample labels (so the local heads are created).
 
     Returns:
-      A `TrainState` at step 0.
+      A `TrainState` at step 0 (int32 `step`, float32 parameters).
+
+    Raises:
+      ValueError, TypeError: from `model.init`, e.g. labels that are not `[b]` integers
+        in [0, K) (see `LocalHead`) or an input of the wrong rank.
+
+    Initialises as the reference does (METHOD.md, Training: reference PyTorch default
+    init; Local losses: zero-initialised decoder and output layer).
     """
     variables = jax.jit(lambda k, x, y: model.init({"params": k}, x, y))(key, images, labels)
     params = variables["params"]
@@ -107,7 +120,7 @@ def create_train_state(
 def milestone_schedule(
     lr: float, milestones: tuple[int, ...], steps_per_epoch: int, decay: float = 0.25
 ) -> optax.Schedule:
-    """Per-step learning rate of the paper: lr·decay^k, k = milestones passed (Sec. 3).
+    """Per-step learning rate of the paper: lr·decay^k, k = milestones passed.
 
     Epochs count from 1; epoch e uses k = #{m ≤ e − 1}, so with milestone 100 epoch 101
     is the first at the lower rate. Update number `count` (0-based) lies in epoch
@@ -120,7 +133,12 @@ def milestone_schedule(
       decay: factor per milestone (paper 0.25).
 
     Returns:
-      An optax schedule `count -> lr`.
+      An optax schedule `count` (int scalar) -> float32 scalar learning rate.
+
+    Raises:
+      Nothing of its own (`steps_per_epoch` is not validated).
+
+    Implements the schedule (METHOD.md, Training: milestones).
     """
     bounds = jnp.asarray([m * steps_per_epoch for m in milestones] or [2**31 - 1], jnp.int32)
     active = jnp.asarray([1.0] * len(milestones) or [0.0], jnp.float32)
@@ -135,7 +153,22 @@ def milestone_schedule(
 def epoch_learning_rate(
     lr: float, milestones: tuple[int, ...], epoch: int, decay: float = 0.25
 ) -> float:
-    """The learning rate epoch `epoch` (1-based) trains at; see `milestone_schedule`."""
+    """The learning rate epoch `epoch` (1-based) trains at; see `milestone_schedule`.
+
+    Args:
+      lr: initial learning rate.
+      milestones: epochs after which the rate is multiplied by `decay`.
+      epoch: 1-based epoch number.
+      decay: factor per milestone (paper 0.25).
+
+    Returns:
+      Python float, lr·decay^k with k = #{m ≤ epoch − 1}.
+
+    Raises:
+      Nothing of its own.
+
+    Implements the schedule (METHOD.md, Training: milestones).
+    """
     return lr * decay ** sum(m <= epoch - 1 for m in milestones)
 
 
@@ -146,6 +179,17 @@ def make_optimizer(
 
     One Adam over all parameters equals the reference's one Adam per layer, since
     Adam is element-wise.
+
+    Args:
+      lr, milestones, steps_per_epoch, decay: as in `milestone_schedule`.
+
+    Returns:
+      An `optax.GradientTransformation` over any float32 parameter pytree.
+
+    Raises:
+      Nothing of its own.
+
+    Implements the optimiser (METHOD.md, Training: Adam, milestones).
     """
     return optax.adam(
         milestone_schedule(lr, milestones, steps_per_epoch, decay), b1=0.9, b2=0.999, eps=1e-8
@@ -199,13 +243,20 @@ def make_reference_train_step(
     output_weight: float | None = None,
     seed: int = 0,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """The plain step: one `jax.value_and_grad` of the summed objective (Sec. 2).
+    """The plain step: one `jax.value_and_grad` of the summed objective.
 
     Because `models.cut` stops gradients between blocks, the gradient of
     Σ_blocks local loss + w·CE(output) gives each block exactly its own local gradient.
     This is the definition `make_train_step` is tested against; it keeps every block's
     activations alive until the backward pass, so its memory grows with depth.
     Arguments, returns and metrics are those of `make_train_step`.
+
+    Raises:
+      Nothing of its own; errors surface when the step is traced (e.g. `LocalHead`'s
+      ValueError/TypeError for labels that are not `[B]` integers in [0, K)).
+
+    Implements the fused step (METHOD.md, Training: one fused step; DESIGN.md, Decisions:
+    one cut, one gradient).
     """
     weight = output_loss_weight(model) if output_weight is None else output_weight
     base_key = jax.random.key(seed)
@@ -259,7 +310,7 @@ def make_train_step(
     """Builds the fused train step (jit it; donate the state).
 
     The math is that of `make_reference_train_step` (one gradient of
-    Σ_blocks local loss + w·CE(output), w = 1 − β for predsim, else 1; Sec. 2). In local
+    Σ_blocks local loss + w·CE(output), w = 1 − β for predsim, else 1). In local
     learning (`detach=True`, the default) the step is restructured for memory: it runs
     the blocks one at a time (`models.network_layers`) and takes each block's gradient
     right after its forward pass, so only about one block's activations are alive at
@@ -283,6 +334,13 @@ def make_train_step(
       `metrics` holds float32 sums over the batch: `count`, `loss` (output
       cross-entropy, unweighted), `correct`, `objective` (the differentiated total),
       and per block `local_loss/block_<i>` and `local_correct/block_<i>`.
+
+    Raises:
+      Nothing of its own; errors surface when the step is traced (e.g. `LocalHead`'s
+      ValueError/TypeError for labels that are not `[B]` integers in [0, K)).
+
+    Implements the fused step (METHOD.md, Training: one fused step; DESIGN.md, Decisions:
+    memory is part of the point).
     """
     if not (_splittable(model) and hasattr(model, "_layers")):
         return make_reference_train_step(
@@ -377,6 +435,13 @@ def make_multi_step(
     Returns:
       `multi_step(state, images [S, B, H, W, C], labels [S, B] int) -> (state, metrics)`
       where `metrics` are the single step's float32 sums, summed over the S steps.
+
+    Raises:
+      Nothing of its own; errors surface when the step is traced (e.g. `LocalHead`'s
+      ValueError/TypeError for labels that are not `[B]` integers in [0, K)).
+
+    An engineering option over the fused step (DESIGN.md, Decisions: data on device,
+    augmentation in the step).
     """
     step_fn = (make_step or make_train_step)(
         model, tx, preprocess=preprocess, output_weight=output_weight, seed=seed
@@ -407,8 +472,15 @@ def make_eval_step(
         default, since the prediction is the output layer's alone.
 
     Returns:
-      `eval_step(state, images, labels) -> metrics` with float32 sums `count`, `loss`,
-      `correct` (and the per-block sums with `with_local`).
+      `eval_step(state, images [B, H, W, C], labels [B] int) -> metrics` with float32
+      sums `count`, `loss`, `correct` (and the per-block sums with `with_local`).
+
+    Raises:
+      Nothing of its own; errors surface when the step is traced (e.g. `LocalHead`'s
+      ValueError/TypeError for labels that are not `[B]` integers in [0, K)).
+
+    Evaluates the output layer's prediction with BatchNorm running averages (METHOD.md,
+    Network: dense block, eval; Data: test sets, error after the last epoch).
     """
 
     def eval_step(state: TrainState, images: jax.Array, labels: jax.Array):
@@ -443,7 +515,7 @@ def conv_shifted_wgrad(x: jax.Array, w: jax.Array) -> jax.Array:
     The value and the input gradient are XLA's (`lax.conv_general_dilated` and its
     transpose); only the weight gradient is computed differently, as
     dW[i, j] = x_shifted(i, j)ᵀ · dy over the k×k offsets: on XLA:CPU this ran ~9x
-    faster than XLA's own weight-gradient convolution (docs/performance.md). Same math,
+    faster than XLA's own weight-gradient convolution (README.md, "Performance"). Same math,
     float32 summation order differs (relative error ~1e-7).
 
     Args:
@@ -452,6 +524,13 @@ def conv_shifted_wgrad(x: jax.Array, w: jax.Array) -> jax.Array:
 
     Returns:
       `[B, H, W, C_out]` of the promoted dtype.
+
+    Raises:
+      Nothing of its own; `lax.conv_general_dilated` raises (TypeError/ValueError) for
+      mismatched ranks or channel counts.
+
+    A CPU speed option for the conv blocks (METHOD.md, Network: conv block; DESIGN.md,
+    modules: `experiments/benchmark.py`).
     """
     return _conv_same(x, w)
 
@@ -505,6 +584,15 @@ def shifted_wgrad_convs():
 
     The forward values are unchanged; the weight gradient equals XLA's up to float
     rounding. A CPU speed option measured in `experiments/benchmark.py --conv_wgrad`.
+
+    Yields:
+      None; shapes and dtypes of the intercepted convs are unchanged (`[B, H, W, C]`).
+
+    Raises:
+      Nothing of its own.
+
+    An engineering option (DESIGN.md, Decisions: memory is part of the point; modules:
+    `experiments/benchmark.py`); it changes no math of METHOD.md.
     """
 
     def interceptor(next_fun, args, kwargs, context):

@@ -37,7 +37,13 @@ def available() -> bool:
     """Whether `tensorflow_datasets` can be imported (TensorFlow itself is not needed).
 
     Returns:
-      True if the package is installed.
+      Python bool, True if the package is installed.
+
+    Raises:
+      Nothing of its own.
+
+    TFDS is the source for downloaded datasets (DESIGN.md, Decisions: data on device;
+    modules: data.py).
     """
     return importlib.util.find_spec("tensorflow_datasets") is not None
 
@@ -76,8 +82,8 @@ def _open_split(tfds, name: str, split: str, data_dir: str | None, download: boo
         raise DatasetError(
             f"TFDS could not download or prepare {name!r} into {data_dir!r} "
             f"({type(e).__name__}: {e}). Check the network, or use local files instead "
-            "(docs/datasets.md). A folder already prepared by `tfds.load` in TFRecord format "
-            "cannot be read this way: use another data_dir."
+            "(README.md, section 'Datasets'). A folder already prepared by `tfds.load` in "
+            "TFRecord format cannot be read this way: use another data_dir."
         ) from e
 
 

@@ -60,13 +60,23 @@ __all__ = [
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message says where and why."""
+    """Training cannot go on (e.g. a non-finite loss); the message says where and why.
+
+    Args:
+      message: str naming the step, the block whose local loss (or the output loss) first
+        turned non-finite, and the workdir.
+
+    Raises:
+      Nothing of its own; `train_and_evaluate` raises it.
+
+    Part of the training loop's checks (DESIGN.md, What flows where: train.py, metrics).
+    """
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # metrics.jsonl fields that measure wall-clock time: the only ones a seed does not fix.
-TIMING_KEYS = ("epoch_seconds",)
+TIMING_KEYS = ("epoch_seconds", "train_seconds")
 
 # Config fields a resumed run may change: they do not alter the training trajectory.
 RESUMABLE_CHANGES = frozenset(
@@ -302,8 +312,9 @@ def _resumed_history(workdir: str, last_epoch: int) -> list[dict[str, Any]]:
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     """Trains and evaluates one configuration, resuming from `workdir`'s checkpoint if any.
 
-    Data parallel over every device of every process (DESIGN.md, "Data parallel"): the
-    results equal a one-device run's up to float summation order. With a coordinator
+    Runs the recipe of METHOD.md, Training, data parallel over every device of every
+    process (DESIGN.md, Decisions: data parallel): the results equal a one-device run's
+    up to float summation order. With a coordinator
     (`config.coordinator_address` or `JAX_COORDINATOR_ADDRESS`) it first joins the
     multi-process run; every process loads the dataset and feeds its devices' share of
     each global batch. Only process 0 writes files.
@@ -351,6 +362,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         train = data_lib.Dataset(
             train.images[: config.train_limit], train.labels[: config.train_limit]
         )
+    if config.get("test_limit", 0):
+        test = data_lib.Dataset(test.images[: config.test_limit], test.labels[: config.test_limit])
 
     model = _model_from_config(config, spec.num_classes)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
@@ -428,6 +441,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     workdir,
                     show_progress=config.progress_bar and primary,
                 )
+                train_seconds = time.perf_counter() - start
                 record = {
                     "epoch": epoch,
                     "lr": epoch_learning_rate(config.lr, milestones, epoch, config.lr_decay),
@@ -444,6 +458,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     mesh,
                 )
                 record.update(_summarize(test_sums, "test"))
+                record["train_seconds"] = train_seconds
                 record["epoch_seconds"] = time.perf_counter() - start
                 history.append(record)
                 save = epoch % config.checkpoint_every == 0 or epoch == config.epochs

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments.benchmark import model_flops
+from localjax.flops import model_flops
 from localjax.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +61,7 @@ def test_depth_sweep_prints_rows():
 
 @pytest.mark.parametrize("loss", ["predsim", "backprop"])
 def test_model_flops_by_hand(loss):
-    """MLP 1 block, width 16, batch 8, 28x28x1 input, 10 classes (Sec. 2 heads)."""
+    """MLP 1 block, width 16, batch 8, 28x28x1 input, 10 classes (METHOD.md local heads)."""
     b, d_in, d, k = 8, 784, 16, 10
     block = 2 * (2 * b * d_in * d)  # forward + weight grad (no grad into the input)
     if loss == "predsim":

@@ -1,6 +1,6 @@
 """The documentation's code and the example scripts run (so they cannot rot).
 
-docs/api.md (README's API section) is split into its ```python blocks, which run in
+The API section of README.md is split into its ```python blocks, which run in
 order as one script; each script in examples/ runs with `--smoke` (random data, a tiny
 model, a few steps). They run as subprocesses, as a user would run them, with XLA's
 backend optimisation off: these check behaviour, not speed, and it cuts compile time
@@ -18,8 +18,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs" / "api.md"
+README = ROOT / "README.md"
+API_HEADING = "## Local losses in your own models"
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+def api_section(markdown: str) -> str:
+    """README's API section: from its heading to the next second-level heading."""
+    start = markdown.index(API_HEADING)
+    end = markdown.find("\n## ", start + len(API_HEADING))
+    return markdown[start : end if end != -1 else None]
 
 
 def python_blocks(markdown: str) -> list[str]:
@@ -47,12 +55,12 @@ def test_python_blocks_extracts_fenced_code():
 
 
 def test_docs_code_runs(tmp_path):
-    blocks = python_blocks(DOCS.read_text())
-    assert len(blocks) >= 6, "docs/api.md lost its runnable examples"
+    blocks = python_blocks(api_section(README.read_text()))
+    assert len(blocks) >= 6, "README API section lost its runnable examples"
     script = tmp_path / "api_md.py"
     script.write_text("\n".join(f"# --- block {i}\n{b}" for i, b in enumerate(blocks)))
     proc = run_python([str(script)])
-    assert proc.returncode == 0, f"docs/api.md code failed:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, f"README API section code failed:\n{proc.stdout}\n{proc.stderr}"
     out = proc.stdout
     # what the text promises the reader will see
     assert "['block_0 (res_1)', 'block_1 (res_2)', 'output']" in out

@@ -92,8 +92,9 @@ def test_conv_dropout_drops_whole_feature_maps():
     assert 0 < dropped.sum() < dropped.size
     kept = ~np.all(out == 0, axis=1)
     # every kept map is the whole map scaled by 1 / (1 - rate)
-    np.testing.assert_allclose(out.transpose(0, 2, 1)[kept], 2 * h.transpose(0, 2, 1)[kept],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out.transpose(0, 2, 1)[kept], 2 * h.transpose(0, 2, 1)[kept], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_local_losses_use_output_before_dropout():
@@ -103,8 +104,9 @@ def test_local_losses_use_output_before_dropout():
     y = jnp.array([0, 1, 2, 0, 1, 2])
     v = init(block, x, y)
     outs = [
-        block.apply(v, x, y, train=True, rngs={"dropout": jax.random.key(k)},
-                    mutable=["batch_stats"])[0]
+        block.apply(
+            v, x, y, train=True, rngs={"dropout": jax.random.key(k)}, mutable=["batch_stats"]
+        )[0]
         for k in (5, 6)
     ]
     assert not np.allclose(outs[0][0], outs[1][0])  # dropout changed the output

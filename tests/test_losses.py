@@ -54,13 +54,9 @@ def test_similarity_constant_rows_are_zero_not_nan():
 def test_feature_map_rule_reduces_each_channel_to_its_spatial_std():
     z = np.random.default_rng(1).normal(size=(3, 2, 3, 5)).astype(np.float32)
     per_channel = z.reshape(3, 6, 5).std(axis=1, ddof=1)  # [B, C]
-    np.testing.assert_allclose(
-        losses.similarity_matrix(z), np_similarity(per_channel), atol=1e-5
-    )
+    np.testing.assert_allclose(losses.similarity_matrix(z), np_similarity(per_channel), atol=1e-5)
     # flattening instead of the std rule gives a different matrix
-    assert not np.allclose(
-        losses.similarity_matrix(z), np_similarity(z.reshape(3, -1)), atol=1e-3
-    )
+    assert not np.allclose(losses.similarity_matrix(z), np_similarity(z.reshape(3, -1)), atol=1e-3)
 
 
 @pytest.mark.parametrize("shape", [(8, 16), (8, 4, 4, 8), (1, 6)])

@@ -13,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_dir = ""  # "" = the dataset's default location
     c.data_source = "auto"  # auto (files, else .npz cache, else TFDS) | files | tfds
     c.train_limit = 0  # use only the first N training examples; 0 = all
+    c.test_limit = 0  # evaluate on the first N test examples only; 0 = all (quick runs)
     # network
     c.model = "mlp"  # mlp | vgg8b | vgg11b | ...
     c.loss = "predsim"  # pred | sim | predsim | backprop
@@ -47,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.classes_per_batch_until_epoch = 0
     c.row = ""  # recipe row name (set by the per-dataset config files)
     c.published_error = ml_collections.FieldReference(None, field_type=float)
-    # scale and safety (docs/scaling.md)
+    # scale and safety (README.md, "Scaling up")
     c.num_devices = 0  # devices in the ('data',) mesh; 0 = every device of every process
     c.checkpoint_every = 1  # epochs between checkpoints (one is always written at the end)
     c.keep = 3  # newest checkpoints retained in WORKDIR/checkpoints
