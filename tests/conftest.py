@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices, a compilation cache, and a tiny synthetic dataset.
+"""Test setup: 8 fake CPU devices, fast compiles, a compilation cache, a tiny dataset.
 
 `--xla_force_host_platform_device_count=8` must be in XLA_FLAGS before jax is imported, so
 it is set here, at collection time; subprocesses started by tests inherit it (and the
@@ -10,6 +10,11 @@ import os
 _FLAG = "--xla_force_host_platform_device_count"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=8".strip()
+# The tests check behaviour, not speed, and compiling dominates their time: without LLVM's
+# backend optimisation a VGG step compiles ~2.5x faster (measured 25 s -> 12 s).
+_OPT = "--xla_backend_optimization_level"
+if _OPT not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += f" {_OPT}=0"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Identical programs (the same tiny run in several tests and their subprocesses) compile once.
