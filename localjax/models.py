@@ -257,7 +257,7 @@ class _Network(nn.Module):
 
     @nn.nowrap
     def _layers(self, x: jax.Array) -> list[Any]:
-        raise NotImplementedError  # each network lists its layers
+        raise TypeError(f"{type(self).__name__} must define _layers(x): its list of layers.")
 
     @nn.nowrap
     def _output_layer(self) -> OutputLayer:

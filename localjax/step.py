@@ -32,7 +32,7 @@ from flax import struct
 from flax.core.scope import LazyRng
 
 from localjax import losses
-from localjax.models import cut, network_layers, output_loss_weight
+from localjax.models import _Network, cut, network_layers, output_loss_weight
 
 __all__ = [
     "TrainState",
@@ -295,8 +295,12 @@ def _sub(tree: Any, name: str) -> Any:
 
 
 def _splittable(model: nn.Module) -> bool:
-    """Local learning with cuts: each block's gradient depends on that block alone."""
-    return getattr(model, "head", None) is not None and getattr(model, "detach", False)
+    """Local learning with cuts: each block's gradient depends on that block alone.
+
+    Only the networks of `models` list their blocks (`network_layers`); any other model
+    takes the plain step, whatever attributes it has.
+    """
+    return isinstance(model, _Network) and model.head is not None and model.detach
 
 
 def make_train_step(
