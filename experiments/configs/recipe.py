@@ -8,7 +8,7 @@ scheme (`row_name`):
 
 e.g. `mlp_predsim`, `vgg8b_x2_predsim_cutout`, `vgg11b_x3_sim`, `vgg8b_predsim_bio`:
 `_x{m}` only when the channel multiplier m is not 1, `_bio` for the backprop-free
-variant (Sec. 2.4), `_cutout` when the recipe uses cutout.
+variant (METHOD.md, Backprop-free variant), `_cutout` when the recipe uses cutout.
 
     python -m experiments.train --config=experiments/configs/cifar10.py:vgg11b_x3_predsim \
         --workdir=runs/cifar10_vgg11b_x3_predsim
@@ -22,7 +22,7 @@ import ml_collections
 
 from experiments.configs import default
 
-__all__ = ["Recipe", "row_name", "build", "rows_table"]
+__all__ = ["Recipe", "row_name", "table", "build", "rows_table"]
 
 
 class Recipe(NamedTuple):
@@ -89,6 +89,51 @@ def row_name(recipe: Recipe) -> str:
     if recipe.cutout_length:
         name += "_cutout"
     return name
+
+
+def table(epochs: int, milestones: tuple[int, ...], *rows: tuple) -> dict[str, Recipe]:
+    """A dataset's `ROWS` from compact rows sharing its schedule.
+
+    Args:
+      epochs, milestones: shared by every row of the dataset's table.
+      *rows: `(model, loss, num_layers, num_hidden, feat_mult, dropout, lr, nonlin,
+        dim_in_decoder, published_error[, extras])`, in recipes.tsv's column order;
+        `extras` is a dict of the remaining `Recipe` fields that differ from their
+        defaults (beta, bio, classes_per_batch, classes_per_batch_until_epoch,
+        cutout_length).
+
+    Returns:
+      `{row_name(recipe): recipe}` in the given order.
+
+    Raises:
+      ValueError: if two rows get the same name.
+    """
+    out: dict[str, Recipe] = {}
+    for row in rows:
+        model, loss, num_layers, num_hidden, feat_mult, dropout, lr, nonlin, dim, published = row[
+            :10
+        ]
+        extras = row[10] if len(row) > 10 else {}
+        r = Recipe(
+            model,
+            loss,
+            num_layers,
+            num_hidden,
+            feat_mult,
+            dropout,
+            lr,
+            epochs,
+            tuple(milestones),
+            nonlin,
+            dim,
+            published_error=published,
+            **extras,
+        )
+        name = row_name(r)
+        if name in out:
+            raise ValueError(f"two recipes are both named {name!r}.")
+        out[name] = r
+    return out
 
 
 def build(dataset: str, rows: dict[str, Recipe], row: str) -> ml_collections.ConfigDict:

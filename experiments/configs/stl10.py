@@ -24,82 +24,19 @@ All rows: Adam, batch 128, 400 epochs, lr x 0.25 after epochs 200, 300, 350, 375
 96 px input: the first conv is 7x7, stride 2, padding 3.
 """
 
-from experiments.configs.recipe import Recipe, build
+from experiments.configs.recipe import build, table
 
 DEFAULT_ROW = "vgg8b_predsim"
-ROWS = {
-    "vgg8b_backprop": Recipe(
-        model="vgg8b",
-        loss="backprop",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.1,
-        lr=0.0005,
-        epochs=400,
-        milestones=(200, 300, 350, 375),
-        nonlin="relu",
-        dim_in_decoder=4096,
-        published_error=33.08,
-    ),
-    "vgg8b_pred": Recipe(
-        model="vgg8b",
-        loss="pred",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.1,
-        lr=0.0005,
-        epochs=400,
-        milestones=(200, 300, 350, 375),
-        nonlin="relu",
-        dim_in_decoder=2048,
-        published_error=26.83,
-    ),
-    "vgg8b_sim": Recipe(
-        model="vgg8b",
-        loss="sim",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.1,
-        lr=0.0005,
-        epochs=400,
-        milestones=(200, 300, 350, 375),
-        nonlin="leakyrelu",
-        dim_in_decoder=4096,
-        published_error=23.15,
-    ),
-    "vgg8b_predsim": Recipe(
-        model="vgg8b",
-        loss="predsim",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.1,
-        lr=0.0005,
-        epochs=400,
-        milestones=(200, 300, 350, 375),
-        nonlin="leakyrelu",
-        dim_in_decoder=2048,
-        published_error=20.51,
-    ),
-    "vgg8b_predsim_cutout": Recipe(
-        model="vgg8b",
-        loss="predsim",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.1,
-        lr=0.0005,
-        epochs=400,
-        milestones=(200, 300, 350, 375),
-        nonlin="leakyrelu",
-        dim_in_decoder=2048,
-        cutout_length=48,
-        published_error=19.25,
-    ),
-}
+ROWS = table(
+    400,
+    (200, 300, 350, 375),
+    # model, loss, num_layers, num_hidden, feat_mult, dropout, lr, nonlin, dim_in_decoder, published
+    ("vgg8b", "backprop", 1, 1024, 1, 0.1, 0.0005, "relu", 4096, 33.08),
+    ("vgg8b", "pred", 1, 1024, 1, 0.1, 0.0005, "relu", 2048, 26.83),
+    ("vgg8b", "sim", 1, 1024, 1, 0.1, 0.0005, "leakyrelu", 4096, 23.15),
+    ("vgg8b", "predsim", 1, 1024, 1, 0.1, 0.0005, "leakyrelu", 2048, 20.51),
+    ("vgg8b", "predsim", 1, 1024, 1, 0.1, 0.0005, "leakyrelu", 2048, 19.25, dict(cutout_length=48)),
+)
 
 
 def get_config(row: str = DEFAULT_ROW):

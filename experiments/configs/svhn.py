@@ -24,82 +24,19 @@ All rows: Adam, batch 128, 100 epochs, lr x 0.25 after epochs 50, 75, 89, 94.
 Train set = train + extra (METHOD.md).
 """
 
-from experiments.configs.recipe import Recipe, build
+from experiments.configs.recipe import build, table
 
 DEFAULT_ROW = "vgg8b_predsim"
-ROWS = {
-    "vgg8b_backprop": Recipe(
-        model="vgg8b",
-        loss="backprop",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.3,
-        lr=0.0003,
-        epochs=100,
-        milestones=(50, 75, 89, 94),
-        nonlin="relu",
-        dim_in_decoder=4096,
-        published_error=2.29,
-    ),
-    "vgg8b_pred": Recipe(
-        model="vgg8b",
-        loss="pred",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.3,
-        lr=0.0003,
-        epochs=100,
-        milestones=(50, 75, 89, 94),
-        nonlin="relu",
-        dim_in_decoder=2048,
-        published_error=2.12,
-    ),
-    "vgg8b_sim": Recipe(
-        model="vgg8b",
-        loss="sim",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.3,
-        lr=0.0003,
-        epochs=100,
-        milestones=(50, 75, 89, 94),
-        nonlin="leakyrelu",
-        dim_in_decoder=4096,
-        published_error=1.89,
-    ),
-    "vgg8b_predsim": Recipe(
-        model="vgg8b",
-        loss="predsim",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.3,
-        lr=0.0003,
-        epochs=100,
-        milestones=(50, 75, 89, 94),
-        nonlin="leakyrelu",
-        dim_in_decoder=2048,
-        published_error=1.74,
-    ),
-    "vgg8b_predsim_cutout": Recipe(
-        model="vgg8b",
-        loss="predsim",
-        num_layers=1,
-        num_hidden=1024,
-        feat_mult=1,
-        dropout=0.15,
-        lr=0.0003,
-        epochs=100,
-        milestones=(50, 75, 89, 94),
-        nonlin="leakyrelu",
-        dim_in_decoder=2048,
-        cutout_length=16,
-        published_error=1.65,
-    ),
-}
+ROWS = table(
+    100,
+    (50, 75, 89, 94),
+    # model, loss, num_layers, num_hidden, feat_mult, dropout, lr, nonlin, dim_in_decoder, published
+    ("vgg8b", "backprop", 1, 1024, 1, 0.3, 0.0003, "relu", 4096, 2.29),
+    ("vgg8b", "pred", 1, 1024, 1, 0.3, 0.0003, "relu", 2048, 2.12),
+    ("vgg8b", "sim", 1, 1024, 1, 0.3, 0.0003, "leakyrelu", 4096, 1.89),
+    ("vgg8b", "predsim", 1, 1024, 1, 0.3, 0.0003, "leakyrelu", 2048, 1.74),
+    ("vgg8b", "predsim", 1, 1024, 1, 0.15, 0.0003, "leakyrelu", 2048, 1.65, dict(cutout_length=16)),
+)
 
 
 def get_config(row: str = DEFAULT_ROW):
