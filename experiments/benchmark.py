@@ -38,7 +38,7 @@ from absl import app, flags
 
 from localjax import augment as augment_lib
 from localjax import data as data_lib
-from localjax.flops import model_flops
+from localjax.flops import dense_matmuls, model_flops
 from localjax.models import build_model
 from localjax.step import (
     create_train_state,
@@ -49,7 +49,14 @@ from localjax.step import (
     shifted_wgrad_convs,
 )
 
-__all__ = ["model_flops", "matmul_peak_gflops", "benchmark", "depth_sweep", "main"]
+__all__ = [
+    "model_flops",
+    "matmul_peak_gflops",
+    "matmul_ceiling_gflops",
+    "benchmark",
+    "depth_sweep",
+    "main",
+]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -109,6 +116,65 @@ def matmul_peak_gflops(size: int = 2048, dtype: Any = jnp.float32, reps: int = 1
     jax.block_until_ready(mm(a, b))
     seconds = _median_seconds(lambda: mm(a, b), reps)
     return 2.0 * size**3 / seconds / 1e9
+
+
+_LAYOUT_FNS = {
+    "nn": lambda a, b: a @ b,
+    "tn": lambda a, b: a.T @ b,
+    "nt": lambda a, b: a @ b.T,
+}
+
+
+def matmul_ceiling_gflops(
+    ops: list[tuple[str, int, int, int, str]],
+    dtype: Any = jnp.float32,
+    reps: int = 10,
+    calls: int = 5,
+) -> float:
+    """What the matmul kernels reach on a step's own shapes, each timed alone.
+
+    A step cannot run faster than its matmuls do in isolation; at batch 128 these are
+    thin products (M or K = 128) that reach less than a large square matmul. This is
+    the ceiling the step's achieved FLOP/s should be compared with, beside the peak.
+
+    Args:
+      ops: `(role, m, k, n, layout)` tuples from `localjax.flops.dense_matmuls`.
+      dtype: operand dtype.
+      reps: timed rounds; each round times every distinct shape once (round-robin, so
+        all shapes see the same machine load), the median per shape is kept.
+      calls: products queued per timing (dispatch overhead is spread over them).
+
+    Returns:
+      GFLOP/s: Σ 2·m·k·n over `ops` divided by Σ of their median times.
+
+    Raises:
+      ValueError: `ops` is empty or a layout is not in `localjax.flops.MATMUL_LAYOUTS`.
+    """
+    if not ops:
+        raise ValueError("matmul_ceiling_gflops needs at least one matmul.")
+    shapes: dict[tuple[int, int, int, str], int] = {}
+    for _, m, k, n, layout in ops:
+        if layout not in _LAYOUT_FNS:
+            raise ValueError(f"unknown matmul layout {layout!r}; use one of {list(_LAYOUT_FNS)}.")
+        shapes[(m, k, n, layout)] = shapes.get((m, k, n, layout), 0) + 1
+    runs = {}
+    for m, k, n, layout in shapes:
+        a_shape = (k, m) if layout == "tn" else (m, k)
+        b_shape = (n, k) if layout == "nt" else (k, n)
+        a = jax.random.normal(jax.random.key(1), a_shape).astype(dtype)
+        b = jax.random.normal(jax.random.key(2), b_shape).astype(dtype)
+        fn = jax.jit(_LAYOUT_FNS[layout]).lower(a, b).compile()
+        jax.block_until_ready(fn(a, b))
+        runs[(m, k, n, layout)] = (fn, a, b)
+    times: dict[tuple[int, int, int, str], list[float]] = {key: [] for key in runs}
+    for _ in range(reps):
+        for key, (fn, a, b) in runs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready([fn(a, b) for _ in range(calls)])
+            times[key].append((time.perf_counter() - t0) / calls)
+    flops = sum(2.0 * m * k * n * count for (m, k, n, _), count in shapes.items())
+    seconds = sum(statistics.median(times[key]) * count for key, count in shapes.items())
+    return flops / seconds / 1e9
 
 
 def _xla_flops(compiled) -> float | None:
@@ -243,6 +309,11 @@ def benchmark(
         peak_gflops = 2.0 * peak_size**3 / statistics.median(peak_times) / 1e9
     flops = model_flops(model, batch_size, image_shape)
     achieved = flops / seconds / 1e9
+    ceiling = None
+    if model_name == "mlp":
+        ceiling = matmul_ceiling_gflops(
+            dense_matmuls(model, batch_size, image_shape), DTYPES[dtype], reps=max(5, steps)
+        )
     return {
         "model": model_name,
         "loss": loss,
@@ -263,6 +334,10 @@ def benchmark(
         "achieved_gflops": achieved,
         "matmul_peak_gflops": peak_gflops,
         "peak_fraction": achieved / peak_gflops,
+        # the step's matmul shapes timed alone (mlp only): what the kernels reach there
+        "matmul_ceiling_gflops": ceiling,
+        "ceiling_peak_fraction": None if ceiling is None else ceiling / peak_gflops,
+        "ceiling_fraction": None if ceiling is None else achieved / ceiling,
         "temp_bytes": int(mem.temp_size_in_bytes) if mem else None,
         "argument_bytes": int(mem.argument_size_in_bytes) if mem else None,
         "output_bytes": int(mem.output_size_in_bytes) if mem else None,
@@ -361,7 +436,15 @@ def main(argv):
         f"  achieved       {r['achieved_gflops']:.1f} GFLOP/s = "
         f"{100 * r['peak_fraction']:.1f} % of the matmul peak "
         f"{r['matmul_peak_gflops']:.1f} GFLOP/s\n"
-        f"  memory         temp {_fmt_bytes(r['temp_bytes'])}, "
+        + (
+            ""
+            if r["matmul_ceiling_gflops"] is None
+            else f"  same shapes    the step's matmuls alone reach "
+            f"{r['matmul_ceiling_gflops']:.1f} GFLOP/s = "
+            f"{100 * r['ceiling_peak_fraction']:.1f} % of the peak; the step runs at "
+            f"{100 * r['ceiling_fraction']:.1f} % of that\n"
+        )
+        + f"  memory         temp {_fmt_bytes(r['temp_bytes'])}, "
         f"arguments {_fmt_bytes(r['argument_bytes'])}",
         flush=True,
     )

@@ -3,6 +3,7 @@
 Usage::
 
     flops = model_flops(build_model("mlp", 10, "predsim"), batch=128, image_shape=(28, 28, 1))
+    ops = dense_matmuls(build_model("mlp", 10, "predsim"), batch=128, image_shape=(28, 28, 1))
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from localjax.layers import decoder_pool_geometry
 from localjax.models import VGG_CONFIGS
 
-__all__ = ["model_flops"]
+__all__ = ["model_flops", "dense_matmuls", "MATMUL_LAYOUTS"]
 
 
 def _head_flops(b: int, shape: tuple[int, ...], cfg) -> float:
@@ -101,3 +102,71 @@ def model_flops(model, batch: int, image_shape: tuple[int, int, int]) -> float:
     fwd = 2 * batch * d_in * model.num_classes
     flops += fwd * (2 if cut else 3)
     return float(flops)
+
+
+# A[m, k] @ B[k, n] as stored: "nn" plain; "tn" contracts A's leading axis (Aᵀ·B, a weight
+# gradient xᵀ·dy); "nt" contracts B's trailing axis (A·Bᵀ, an input gradient dy·Wᵀ, a Gram)
+MATMUL_LAYOUTS = ("nn", "tn", "nt")
+
+
+def dense_matmuls(
+    model, batch: int, image_shape: tuple[int, int, int]
+) -> list[tuple[str, int, int, int, str]]:
+    """Every matmul of one training step of a dense network, with its shape and layout.
+
+    The same products `model_flops` counts, listed one by one so that a benchmark can
+    time each shape alone and learn what the matmul kernels reach on exactly the step's
+    shapes (M = batch for forward and input gradients, K = batch for weight gradients).
+
+    Args:
+      model: an `mlp` network from `build_model` (local or backprop, any head).
+      batch: B.
+      image_shape: `(H, W, C)` of the input (flattened into the first block).
+
+    Returns:
+      A list of `(role, m, k, n, layout)`: one `m×k @ k×n` product each (2·m·k·n FLOPs),
+      `layout` in `MATMUL_LAYOUTS`. Σ 2·m·k·n equals `model_flops(model, batch,
+      image_shape)`.
+
+    Raises:
+      TypeError: `model` is a VGG (convolutions are not matmuls here).
+      AttributeError: `model` is not a `build_model` network.
+
+    Lists the layers of METHOD.md, Network and Local losses (DESIGN.md, modules:
+    `experiments/benchmark.py`).
+    """
+    if hasattr(model, "config"):
+        raise TypeError(
+            f"dense_matmuls lists the matmuls of an mlp; {model.config!r} is a VGG "
+            "(use model_flops for its convolution FLOPs)."
+        )
+    cfg = model.head
+    cut = cfg is not None and model.detach
+    b = batch
+    d_in = image_shape[0] * image_shape[1] * image_shape[2]
+    ops: list[tuple[str, int, int, int, str]] = []
+
+    def layer(role: str, k: int, n: int, input_grad: bool) -> None:
+        ops.append((f"{role} forward", b, k, n, "nn"))
+        ops.append((f"{role} weight grad", k, b, n, "tn"))
+        if input_grad:
+            ops.append((f"{role} input grad", b, n, k, "nt"))
+
+    for i in range(model.num_layers):
+        d = model.num_hidden
+        layer(f"block {i} dense", d_in, d, input_grad=not (i == 0 or cut))
+        if cfg is not None:
+            if cfg.uses_sim:
+                if not cfg.bio:
+                    layer(f"block {i} sim projection", d, d, input_grad=True)
+                ops.append((f"block {i} Gram", b, d, b, "nt"))
+                ops.append((f"block {i} Gram grad (left)", b, b, d, "nn"))
+                ops.append((f"block {i} Gram grad (right)", b, b, d, "tn"))
+                target = cfg.target_proj_size if cfg.bio else cfg.num_classes
+                ops.append((f"block {i} target Gram", b, target, b, "nt"))
+            if cfg.uses_pred:
+                out = cfg.target_proj_size if cfg.bio else cfg.num_classes
+                layer(f"block {i} decoder", d, out, input_grad=True)
+        d_in = d
+    layer("output", d_in, model.num_classes, input_grad=not cut)
+    return ops

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from localjax.flops import model_flops
+from experiments.benchmark import matmul_ceiling_gflops
+from localjax.flops import dense_matmuls, model_flops
 from localjax.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +45,8 @@ def test_single_run_prints_json_with_keys():
     assert r["flops_per_step"] == model_flops(
         build_model("mlp", 10, "predsim", num_layers=1, num_hidden=16), 8, (28, 28, 1)
     )
+    assert r["matmul_ceiling_gflops"] > 0
+    assert r["ceiling_fraction"] == pytest.approx(r["achieved_gflops"] / r["matmul_ceiling_gflops"])
 
 
 def test_depth_sweep_prints_rows():
@@ -72,3 +75,41 @@ def test_model_flops_by_hand(loss):
         output = 3 * (2 * b * d * k)
     model = build_model("mlp", k, loss, num_layers=1, num_hidden=d)
     assert model_flops(model, b, (28, 28, 1)) == block + heads + output
+
+
+@pytest.mark.parametrize(
+    "loss,kwargs",
+    [
+        ("predsim", {}),
+        ("pred", {}),
+        ("sim", {}),
+        ("backprop", {}),
+        ("predsim", {"bio": True}),
+        ("predsim", {"detach": False}),
+    ],
+)
+def test_dense_matmuls_are_the_counted_flops(loss, kwargs):
+    """The listed products are exactly what model_flops counts, shape by shape."""
+    model = build_model("mlp", 10, loss, num_layers=2, num_hidden=32, **kwargs)
+    ops = dense_matmuls(model, 8, (28, 28, 1))
+    assert sum(2 * m * k * n for _, m, k, n, _ in ops) == model_flops(model, 8, (28, 28, 1))
+    # a weight gradient contracts over the batch; forward products have M = batch
+    for role, m, k, _, layout in ops:
+        if role.endswith("weight grad"):
+            assert (k, layout) == (8, "tn"), role
+        if role.endswith("forward"):
+            assert (m, layout) == (8, "nn"), role
+
+
+def test_dense_matmuls_refuses_a_vgg():
+    with pytest.raises(TypeError, match="VGG"):
+        dense_matmuls(build_model("vgg8b", 10, "predsim"), 8, (28, 28, 1))
+
+
+def test_matmul_ceiling_checks_and_measures():
+    g = matmul_ceiling_gflops([("a", 16, 32, 8, "nt"), ("b", 32, 16, 8, "tn")], reps=2, calls=1)
+    assert g > 0
+    with pytest.raises(ValueError, match="layout"):
+        matmul_ceiling_gflops([("a", 4, 4, 4, "tt")])
+    with pytest.raises(ValueError, match="at least one"):
+        matmul_ceiling_gflops([])

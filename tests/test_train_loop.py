@@ -70,3 +70,36 @@ def test_bfloat16_fashion_mnist_lands_within_half_a_point_of_float32(tmp_path):
     print(errors)
     assert errors["float32"] < 25.0  # it learned something
     assert abs(errors["bfloat16"] - errors["float32"]) <= 0.5, errors
+
+
+def test_an_unknown_conv_wgrad_is_refused(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown conv_wgrad 'fast'.*shifted"):
+        train.train_and_evaluate(tiny_config(conv_wgrad="fast"), str(tmp_path))
+
+
+def test_shifted_and_xla_conv_weight_gradients_train_a_vgg_alike(tiny_config, tmp_path):
+    """conv_wgrad changes how the weight gradient is computed, not what it is."""
+    vgg = dict(model="vgg8b", feat_mult=1 / 16, num_layers=1, num_hidden=32, epochs=1)
+    runs = {}
+    for choice in ("xla", "shifted"):
+        train.train_and_evaluate(tiny_config(conv_wgrad=choice, **vgg), str(tmp_path / choice))
+        runs[choice] = read_records(tmp_path / choice)
+    for a, b in zip(runs["xla"], runs["shifted"], strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-3), key
+
+
+def test_conv_wgrad_choice_reaches_the_traced_step():
+    """On CPU, `auto` and `shifted` trace each conv's weight gradient as matmuls."""
+    assert jax.default_backend() == "cpu"
+    model = build_model("vgg8b", 10, "predsim", feat_mult=1 / 16, num_hidden=32)
+    tx = make_optimizer(1e-3, (), 10)
+    x, y = jnp.ones((4, 28, 28, 1)), jnp.arange(4)
+    state = create_train_state(model, tx, jax.random.key(0), x[:2], y[:2])
+    jaxprs = {}
+    for choice in ("xla", "shifted", "auto"):
+        step = train._with_conv_wgrad(make_train_step(model, tx, seed=0), choice)
+        jaxprs[choice] = str(jax.make_jaxpr(step)(state, x, y))
+    assert jaxprs["xla"] != jaxprs["shifted"]
+    assert jaxprs["auto"] == jaxprs["shifted"]
