@@ -80,7 +80,10 @@ flags.DEFINE_enum(
     "impl", "fused", ["fused", "reference"], "fused: make_train_step; reference: the plain one."
 )
 flags.DEFINE_enum(
-    "conv_wgrad", "xla", ["xla", "shifted"], "Conv weight gradient: XLA's or shifted matmuls."
+    "conv_wgrad",
+    "auto",
+    ["auto", "xla", "shifted"],
+    "Conv weight gradient: XLA's, shifted matmuls, or auto (shifted on CPU, as training).",
 )
 flags.DEFINE_integer("scan_steps", 1, "Steps per dispatch (make_multi_step) when > 1.")
 flags.DEFINE_integer("peak_size", 2048, "Side of the square matmuls timing the peak.")
@@ -207,7 +210,7 @@ def benchmark(
     dataset: str = "fashion_mnist",
     peak_gflops: float | None = None,
     peak_size: int = 2048,
-    conv_wgrad: str = "xla",
+    conv_wgrad: str = "auto",
 ) -> dict[str, Any]:
     """Compiles and times one training step; see the module docstring.
 
@@ -225,8 +228,9 @@ def benchmark(
         three `peak_size`² matmuls after each timed step (median of all), so the step
         and the peak see the same machine load.
       peak_size: side of the peak's matmuls.
-      conv_wgrad: `xla`, or `shifted` to trace the step inside
-        `localjax.step.shifted_wgrad_convs` (conv weight gradients as shifted matmuls).
+      conv_wgrad: `xla`, `shifted` (trace the step inside
+        `localjax.step.shifted_wgrad_convs`: conv weight gradients as shifted matmuls),
+        or `auto` (shifted on the CPU backend, as `config.conv_wgrad="auto"` trains).
 
     Returns:
       A dict with `ms_per_step`, `compile_seconds`, `examples_per_s`, `flops_per_step`,
@@ -234,12 +238,15 @@ def benchmark(
       `temp_bytes`, `argument_bytes`, `output_bytes` and the configuration.
 
     Raises:
-      ValueError: for unknown model, loss, dtype or dataset names, or steps < 1.
+      ValueError: for unknown model, loss, dtype, dataset or conv_wgrad names, or
+        steps < 1.
     """
     if steps < 1 or scan_steps < 1:
         raise ValueError(f"steps and scan_steps must be >= 1; got {steps}, {scan_steps}.")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}.")
+    if conv_wgrad not in ("auto", "xla", "shifted"):
+        raise ValueError(f"unknown conv_wgrad {conv_wgrad!r}; choose auto, xla or shifted.")
     spec = data_lib.get_spec(dataset)
     model = build_model(
         model_name,
@@ -277,6 +284,8 @@ def benchmark(
     jitted = jax.jit(step, donate_argnums=0)
 
     t0 = time.perf_counter()
+    if conv_wgrad == "auto":
+        conv_wgrad = "shifted" if jax.default_backend() == "cpu" else "xla"
     trace_ctx = shifted_wgrad_convs() if conv_wgrad == "shifted" else contextlib.nullcontext()
     with trace_ctx:
         compiled = jitted.lower(state, images, labels).compile()

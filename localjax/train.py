@@ -145,7 +145,8 @@ def _with_conv_wgrad(step_fn: Callable, choice: str) -> Callable:
 
     XLA:CPU computes a 3×3 conv's weight gradient ~10× slower than its forward pass
     (README, Performance); shifted matmuls give the same gradient ~2× faster per VGG step.
-    `auto` uses them on CPU only: GPU/TPU convolutions have no such gap.
+    `auto` uses them on the CPU backend only, where that gap was measured; on other
+    backends it keeps XLA's convolution.
     """
     if choice == "xla" or (choice == "auto" and jax.default_backend() != "cpu"):
         return step_fn
