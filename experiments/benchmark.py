@@ -25,7 +25,6 @@ for bf16 compute.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import time
@@ -42,12 +41,12 @@ from localjax.flops import dense_matmuls, model_flops
 from localjax.matmul_timing import matmul_ceiling_gflops, matmul_peak_gflops
 from localjax.models import build_model
 from localjax.step import (
+    conv_wgrad_context,
     create_train_state,
     make_multi_step,
     make_optimizer,
     make_reference_train_step,
     make_train_step,
-    shifted_wgrad_convs,
 )
 
 __all__ = [
@@ -159,8 +158,7 @@ def benchmark(
         raise ValueError(f"steps and scan_steps must be >= 1; got {steps}, {scan_steps}.")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}.")
-    if conv_wgrad not in ("auto", "xla", "shifted"):
-        raise ValueError(f"unknown conv_wgrad {conv_wgrad!r}; choose auto, xla or shifted.")
+    trace_ctx = conv_wgrad_context(conv_wgrad)  # refuses an unknown choice before compiling
     spec = data_lib.get_spec(dataset)
     model = build_model(
         model_name,
@@ -198,9 +196,6 @@ def benchmark(
     jitted = jax.jit(step, donate_argnums=0)
 
     t0 = time.perf_counter()
-    if conv_wgrad == "auto":
-        conv_wgrad = "shifted" if jax.default_backend() == "cpu" else "xla"
-    trace_ctx = shifted_wgrad_convs() if conv_wgrad == "shifted" else contextlib.nullcontext()
     with trace_ctx:
         compiled = jitted.lower(state, images, labels).compile()
     compile_seconds = time.perf_counter() - t0

@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from localjax.flops import MATMUL_LAYOUTS
+
 __all__ = ["matmul_peak_gflops", "matmul_ceiling_gflops"]
 
 
@@ -93,8 +95,10 @@ def matmul_ceiling_gflops(
         raise ValueError("matmul_ceiling_gflops needs at least one matmul.")
     shapes: dict[tuple[int, int, int, str], int] = {}
     for _, m, k, n, layout in ops:
-        if layout not in _LAYOUT_FNS:
-            raise ValueError(f"unknown matmul layout {layout!r}; use one of {list(_LAYOUT_FNS)}.")
+        if layout not in MATMUL_LAYOUTS:
+            raise ValueError(
+                f"unknown matmul layout {layout!r}; use one of {list(MATMUL_LAYOUTS)}."
+            )
         shapes[(m, k, n, layout)] = shapes.get((m, k, n, layout), 0) + 1
     runs = {}
     for m, k, n, layout in shapes:

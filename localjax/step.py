@@ -46,6 +46,8 @@ __all__ = [
     "make_eval_step",
     "conv_shifted_wgrad",
     "shifted_wgrad_convs",
+    "conv_wgrad_context",
+    "CONV_WGRADS",
 ]
 
 
@@ -619,3 +621,30 @@ def shifted_wgrad_convs():
 
     with nn.intercept_methods(interceptor):
         yield
+
+
+CONV_WGRADS = ("auto", "xla", "shifted")
+
+
+def conv_wgrad_context(choice: str):
+    """The tracing context for a `conv_wgrad` choice: `shifted_wgrad_convs()` or none.
+
+    Args:
+      choice: `xla` (XLA's convolution), `shifted` (`shifted_wgrad_convs`), or `auto`
+        (shifted on the CPU backend, where XLA's weight-gradient convolution was measured
+        ~10× slower than its forward pass; XLA's elsewhere).
+
+    Returns:
+      A context manager; trace (jit) the step inside it.
+
+    Raises:
+      ValueError: `choice` is not in `CONV_WGRADS`.
+
+    An engineering option (DESIGN.md, modules: `experiments/benchmark.py`); it changes no
+    math of METHOD.md.
+    """
+    if choice not in CONV_WGRADS:
+        raise ValueError(f"unknown conv_wgrad {choice!r}; choose one of {list(CONV_WGRADS)}.")
+    if choice == "shifted" or (choice == "auto" and jax.default_backend() == "cpu"):
+        return shifted_wgrad_convs()
+    return contextlib.nullcontext()

@@ -43,12 +43,12 @@ from localjax.metric_writer import MetricWriter
 from localjax.models import build_model, count_params
 from localjax.step import (
     TrainState,
+    conv_wgrad_context,
     create_train_state,
     epoch_learning_rate,
     make_eval_step,
     make_optimizer,
     make_train_step,
-    shifted_wgrad_convs,
 )
 
 __all__ = [
@@ -101,8 +101,6 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
-CONV_WGRADS = ("auto", "xla", "shifted")
-
 
 # ---------------------------------------------------------------- helpers
 def _model_from_config(config, num_classes: int) -> nn.Module:
@@ -134,10 +132,7 @@ def _check_run_options(config) -> None:
         value = config.get(field, 1)
         if value < 1:
             raise ValueError(f"{field}={value} must be >= 1.")
-    if config.get("conv_wgrad", "auto") not in CONV_WGRADS:
-        raise ValueError(
-            f"unknown conv_wgrad {config.conv_wgrad!r}; choose one of {list(CONV_WGRADS)}."
-        )
+    conv_wgrad_context(config.get("conv_wgrad", "auto"))  # refuses an unknown choice early
 
 
 def _with_conv_wgrad(step_fn: Callable, choice: str) -> Callable:
@@ -148,11 +143,9 @@ def _with_conv_wgrad(step_fn: Callable, choice: str) -> Callable:
     `auto` uses them on the CPU backend only, where that gap was measured; on other
     backends it keeps XLA's convolution.
     """
-    if choice == "xla" or (choice == "auto" and jax.default_backend() != "cpu"):
-        return step_fn
 
     def step(*args):
-        with shifted_wgrad_convs():
+        with conv_wgrad_context(choice):
             return step_fn(*args)
 
     return step
