@@ -123,6 +123,8 @@ def load_data(args) -> tuple[data.Dataset, data.Dataset, data.DatasetSpec]:
                 spec,
             )
         except data.DatasetError as e:
+            if args.data_dir:  # asked for real data: a fallback to noise would hide the mistake
+                raise SystemExit(f"error: --data-dir {args.data_dir}: {e}") from e
             print(f"Fashion-MNIST not available ({e}); training on random data.")
     rng = np.random.default_rng(0)
     size = 8 if args.smoke else spec.image_size

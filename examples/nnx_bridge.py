@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             train = data.load("fashion_mnist", "train", args.data_dir)
             test = data.load("fashion_mnist", "test", args.data_dir)
         except data.DatasetError as e:
+            if args.data_dir:  # asked for real data: a fallback to noise would hide the mistake
+                raise SystemExit(f"error: --data-dir {args.data_dir}: {e}") from e
             print(f"Fashion-MNIST not available ({e}); training on random data.")
     if train is None:
         rng = np.random.default_rng(0)

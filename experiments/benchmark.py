@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -302,8 +303,17 @@ def _fmt_bytes(x: int | None) -> str:
 
 
 def main(argv):
-    """Runs the benchmark or the depth sweep chosen by the flags."""
+    """Runs the benchmark or the depth sweep chosen by the flags; a bad flag value exits
+    with one `error:` line instead of a traceback."""
     del argv
+    try:
+        _run()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _run() -> None:
     common = dict(
         num_hidden=FLAGS.num_hidden,
         batch_size=FLAGS.batch_size,

@@ -112,8 +112,8 @@ class Checkpointer:
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(
                 f"cannot restore checkpoint {self.directory}/{epoch}: {e}. It belongs to a "
-                "different model; use a new --workdir, or delete that checkpoints directory "
-                "to start over."
+                "different model; use a new workdir (experiments.reproduce: a new --root), "
+                "or delete that checkpoints directory to start over."
             ) from e
         return restored["state"], restored["meta"]
 

@@ -176,7 +176,12 @@ class LocalBlock(nn.Module):
         module = self.module.clone(parent=self, name="body")
         pass_train = _accepts_train(module) if self.pass_train is None else self.pass_train
         h = module(x, train=train) if pass_train else module(x)
-        where = f"LocalBlock {self.name!r}"
+        # a top-level LocalBlock has no name; its wrapped module's class still locates it
+        where = (
+            f"LocalBlock {self.name!r}"
+            if self.name
+            else f"LocalBlock({type(self.module).__name__})"
+        )
         if not (hasattr(h, "shape") and hasattr(h, "dtype")):
             raise TypeError(
                 f"{where}: the wrapped module must return one array (the block output); "

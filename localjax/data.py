@@ -330,7 +330,8 @@ def _missing_message(spec: DatasetSpec, split: str, dirs: list[str], tried_tfds:
     return (
         f"{spec.name} {split} split not found: looked in {dirs} for "
         f"{', '.join(n + gz for n in names)}. To fix: get {_HOW_FILES[spec.name]} and point "
-        f"--config.data_dir at their folder; {tried_tfds}"
+        f"data_dir at their folder (--config.data_dir for experiments.train, --data_dir for "
+        f"experiments.reproduce); {tried_tfds}"
     )
 
 

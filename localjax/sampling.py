@@ -157,9 +157,11 @@ def epoch_order(
       last may be shorter than `batch_size`.
 
     Raises:
-      ValueError: on an empty `labels`, a non-positive `batch_size`, or a negative
-        `classes_per_batch`.
+      ValueError: on an empty `labels`, a non-positive `batch_size`, an `epoch` below 1,
+        or a negative `classes_per_batch`.
     """
+    if epoch < 1:
+        raise ValueError(f"epoch is 1-based; got {epoch}.")
     if classes_per_batch < 0:
         raise ValueError(f"classes_per_batch must be >= 0; got {classes_per_batch}.")
     if classes_per_batch_active(classes_per_batch, until_epoch, epoch):

@@ -16,7 +16,9 @@ Letters: N examples, H/W image size, C channels (NHWC).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging as std_logging
 import os
 from collections.abc import Sequence
 
@@ -52,11 +54,25 @@ def _has_tensorflow() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
+@contextlib.contextmanager
+def _quiet_probe():
+    """Mutes TFDS's absl warnings while probing for prepared data: a miss is expected
+    (e.g. "Variant folder ... has no dataset_info.json") and is reported as a DatasetError."""
+    logger = logging.get_absl_logger()
+    level = logger.level
+    logger.setLevel(std_logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _open_split(tfds, name: str, split: str, data_dir: str | None, download: bool):
     """`tfds.data_source` of one split: first without downloading (data already prepared
     or mocked: no network, which offline would retry for minutes), then, if allowed, with."""
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        with _quiet_probe():
+            return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as local_error:  # TFDS raises several types for "not prepared"
         if not download:
             folder = os.path.join(data_dir or "~/tensorflow_datasets", name)

@@ -127,11 +127,33 @@ def _model_from_config(config, num_classes: int) -> nn.Module:
     )
 
 
-def _check_run_options(config) -> None:
-    for field in ("sync_every", "checkpoint_every", "keep", "epochs"):
+def _check_run_options(config, workdir: str) -> None:
+    """Refuses settings that would train nonsense silently, before any data is loaded."""
+    fields = ("sync_every", "checkpoint_every", "keep", "epochs", "batch_size", "eval_batch_size")
+    for field in fields:
         value = config.get(field, 1)
         if value < 1:
             raise ValueError(f"{field}={value} must be >= 1.")
+    for field in ("train_limit", "test_limit"):
+        if config.get(field, 0) < 0:
+            raise ValueError(f"{field}={config.get(field)} must be >= 0 (0 = every example).")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout={config.dropout} must be in [0, 1).")
+    if config.lr <= 0 or config.get("lr_decay", 0.25) <= 0:
+        raise ValueError(f"lr={config.lr} and lr_decay={config.get('lr_decay')} must be > 0.")
+    if config.num_layers < 0 or (config.num_layers > 0 and config.num_hidden < 1):
+        raise ValueError(
+            f"num_layers={config.num_layers} must be >= 0 and num_hidden={config.num_hidden}"
+            " >= 1 (the paper's MLP: num_layers=3, num_hidden=1024)."
+        )
+    num_classes = data_lib.get_spec(config.dataset).num_classes
+    if config.get("classes_per_batch", 0) > num_classes:
+        raise ValueError(
+            f"classes_per_batch={config.classes_per_batch} exceeds {config.dataset}'s "
+            f"{num_classes} classes; use at most {num_classes} (0 = plain shuffling)."
+        )
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir} is a file, not a directory; pass a directory.")
     conv_wgrad_context(config.get("conv_wgrad", "auto"))  # refuses an unknown choice early
 
 
@@ -295,8 +317,9 @@ def _restore(ckpt: Checkpointer | None, host_state: TrainState, config, workdir:
     if status < 0:
         detail = f": {'; '.join(diff)}" if ckpt is not None else " (see process 0's log)"
         raise ValueError(
-            f"{workdir} holds a checkpoint of a different run{detail}. Use a new --workdir, "
-            f"or delete {os.path.join(workdir, 'checkpoints')} to start over."
+            f"{workdir} holds a checkpoint of a different run{detail}. Use a new workdir "
+            f"(experiments.reproduce: a new --root), or delete "
+            f"{os.path.join(workdir, 'checkpoints')} to start over."
         )
     if status == 0:
         return 0, host_state
@@ -355,7 +378,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
     Raises:
       ValueError: unknown dataset, model, loss, dtype or conv_wgrad; batch_size or eval_batch_size
-        not divisible by the device count; a workdir checkpoint of a different run.
+        below 1 or not divisible by the device count; a negative train/test limit; dropout
+        outside [0, 1); a non-positive lr or lr_decay; num_hidden < 1; classes_per_batch above
+        the dataset's class count; a workdir that is a file; a workdir checkpoint of a
+        different run.
       data.DatasetError: missing or corrupt data files.
       TrainingError: a non-finite loss (no checkpoint of that epoch is written).
     """
@@ -365,7 +391,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         config.get("process_id", -1),
     )
     primary = sharding_lib.is_primary()
-    _check_run_options(config)
+    _check_run_options(config, workdir)
     mesh = sharding_lib.make_mesh(config.get("num_devices", 0))
     sharding_lib.check_divisible(config.batch_size, mesh, "batch_size")
     sharding_lib.check_divisible(config.eval_batch_size, mesh, "eval_batch_size")

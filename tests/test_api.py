@@ -373,7 +373,8 @@ def test_bad_labels_raise(labels, error, match):
 
 
 def test_module_returning_a_tuple_raises():
-    with pytest.raises(TypeError, match="must return one array"):
+    # unnamed (top-level), the block is named after the module it wraps
+    with pytest.raises(TypeError, match=r"LocalBlock\(ReturnsTuple\): .*must return one array"):
         lj.LocalBlock(ReturnsTuple(), head=PREDSIM).init(key(0), jnp.ones((B, 6)))
 
 

@@ -49,6 +49,19 @@ def test_single_run_prints_json_with_keys():
     assert r["ceiling_fraction"] == pytest.approx(r["achieved_gflops"] / r["matmul_ceiling_gflops"])
 
 
+def test_a_bad_flag_value_stops_with_one_line():
+    res = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", *TINY, "--model=resnet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unknown model 'resnet'; choose one of"), res.stderr
+
+
 def test_depth_sweep_prints_rows():
     r = _run("--sweep=depth", "--sweep_depths=1,2", "--loss=pred")
     rows = r["rows"]

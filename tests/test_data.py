@@ -123,6 +123,7 @@ def test_missing_files_message(tmp_path, name, fragments):
     msg = str(err.value)
     assert f"{name} train split not found: looked in ['{tmp_path}'" in msg
     assert "--config.data_dir" in msg and "--config.data_source=tfds" in msg
+    assert "--data_dir for experiments.reproduce" in msg
     for fragment in fragments:
         assert fragment in msg
 

@@ -78,6 +78,8 @@ def test_edge_cases_small_batches_many_classes_and_sparse_labels():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="classes_per_batch"):
         epoch_order(np.zeros(10, np.int32), 4, 0, 1, classes_per_batch=-1)
+    with pytest.raises(ValueError, match="1-based; got 0"):
+        epoch_order(np.zeros(10, np.int32), 4, 0, 0)
     with pytest.raises(ValueError, match="non-empty"):
         class_batches(np.zeros(0, np.int32), 4, 2, np.random.default_rng(0))
     with pytest.raises(ValueError, match="batch_size"):

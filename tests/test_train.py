@@ -119,6 +119,37 @@ def test_missing_data_stops_with_a_message_not_a_traceback(tmp_path):
     assert "looked in" in res.stderr and "apt-get install -y dataset-fashion-mnist" in res.stderr
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--config.foo=1"], "unknown config field 'foo' in --config.foo; fields are ["),
+        (["--config.num_hidden=abc"], "flag --config.num_hidden=abc: invalid literal"),
+        (["--nosuchflag"], "Unknown command line flag 'nosuchflag'"),
+    ],
+)
+def test_flag_mistakes_stop_with_one_line_not_a_traceback(tmp_path, flags, message):
+    res = run_cli(
+        "--config=experiments/configs/fashion_mnist.py:mlp_predsim", f"--workdir={tmp_path}", *flags
+    )
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ") and message in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("experiments/configs/fmnist.py:mlp_predsim", "config file not found: experiments/confi"),
+        ("experiments/configs/fashion_mnist.py:mlp_x", "unknown fashion_mnist row 'mlp_x'; choose"),
+    ],
+)
+def test_config_file_mistakes_stop_with_one_line(tmp_path, config, message):
+    res = run_cli(f"--config={config}", f"--workdir={tmp_path}")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ") and message in res.stderr, res.stderr
+
+
 @needs_fmnist
 def test_cli_prints_one_line_per_epoch(tmp_path):
     res = run_cli(

@@ -72,6 +72,31 @@ def test_bfloat16_fashion_mnist_lands_within_half_a_point_of_float32(tmp_path):
     assert abs(errors["bfloat16"] - errors["float32"]) <= 0.5, errors
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(batch_size=0), r"batch_size=0 must be >= 1"),
+        (dict(eval_batch_size=-5), r"eval_batch_size=-5 must be >= 1"),
+        (dict(train_limit=-1), r"train_limit=-1 must be >= 0 \(0 = every example\)"),
+        (dict(test_limit=-1), r"test_limit=-1 must be >= 0"),
+        (dict(dropout=1.5), r"dropout=1.5 must be in \[0, 1\)"),
+        (dict(lr=-1.0), r"lr=-1.0 and lr_decay=.* must be > 0"),
+        (dict(num_hidden=0), r"num_hidden=0 >= 1"),
+        (dict(classes_per_batch=20), r"classes_per_batch=20 exceeds fashion_mnist's 10 classes"),
+    ],
+)
+def test_nonsense_settings_are_refused_before_training(tiny_config, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_workdir_that_is_a_file_is_refused(tiny_config, tmp_path):
+    (tmp_path / "run").write_text("")
+    with pytest.raises(ValueError, match=r"is a file, not a directory"):
+        train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+
+
 def test_an_unknown_conv_wgrad_is_refused(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"unknown conv_wgrad 'fast'.*shifted"):
         train.train_and_evaluate(tiny_config(conv_wgrad="fast"), str(tmp_path))
