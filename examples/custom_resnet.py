@@ -29,7 +29,8 @@ import numpy as np
 import optax
 
 import localjax as lj
-from localjax import augment, data
+from localjax import data
+from localjax.data import augmentation as augment
 
 
 # ---------------------------------------------------------------- your modules

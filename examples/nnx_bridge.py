@@ -26,7 +26,8 @@ import optax
 from flax import nnx
 
 import localjax as lj
-from localjax import augment, data
+from localjax import data
+from localjax.data import augmentation as augment
 
 
 class DenseUnit(nn.Module):

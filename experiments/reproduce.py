@@ -354,7 +354,7 @@ def run_rows(
     Raises:
       ValueError: unknown dataset, row or override field (before anything runs).
     """
-    from localjax import train as train_lib  # jax is only needed when training
+    from localjax.training import loop as train_lib  # jax is only needed when training
     from localjax.data import DatasetError
 
     configs = {

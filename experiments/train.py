@@ -21,7 +21,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from localjax import train
+from localjax.training import loop as train
 from localjax.data import DatasetError
 
 _CONFIG = config_flags.DEFINE_config_file(

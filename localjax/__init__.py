@@ -5,56 +5,54 @@ Usage::
 
     import localjax as lj
 
-    block = lj.LocalBlock(MyUnit(64), head=lj.HeadConfig("predsim", num_classes=10))
-    out, local = block.apply(variables, x, labels)      # local["loss"]: the local loss
-    step = jax.jit(lj.make_train_step(model, optax.adam(5e-4)), donate_argnums=0)
+    head = lj.HeadConfig("predsim", num_classes=10)
+    net = lj.LocalNetwork(
+        layers=(lj.LocalBlock(MyUnit(64), head=head, name="unit_0"),
+                lj.LocalBlock(MyUnit(64), head=head, name="unit_1")),
+        output=lj.OutputLayer(10, zero_init=True),
+    )
+    state = lj.create_train_state(net, tx, key, x[:2], labels[:2])
+    step = jax.jit(lj.make_train_step(net, tx), donate_argnums=0)   # per-block gradients
 
 The public API (`__all__`): the local losses (METHOD.md, Local losses), the blocks and their heads
-(`LocalDense`, `LocalConv`, and `LocalBlock` for any Linen module), the model
-composition helpers (`cut`, `apply_blocks`, `OutputLayer`), the paper's networks (`MLP`,
+(`LocalDense`, `LocalConv`, and `LocalBlock` for any Linen module), the network
+(`LocalNetwork`, `cut`, `apply_blocks`, `OutputLayer`), the paper's networks (`MLP`,
 `VGG`, `build_model`), the fused train step and its state, and checks for models you
 compose yourself (`check_gradient_isolation`, `check_labels`, `checked_step`).
-README.md ("Local losses in your own models") walks through them.
+docs/guide.md walks through them; docs/DESIGN.md maps the files.
+
+Read the method in this order: `losses.py`, `heads.py`, `blocks.py`, `network.py`,
+`models/`; what runs it sits in `training/`, `data/`, `ops/` and `perf/`.
 """
 
-from localjax.compose import (
-    GradientLeakError,
-    LocalBlock,
-    check_gradient_isolation,
-    check_labels,
-    checked_step,
-    local_objective,
-    summarize_metrics,
-    to_nnx,
-)
-from localjax.feedback import fa_matmul
-from localjax.layers import HeadConfig, LocalConv, LocalDense, LocalHead
+from localjax.blocks import LocalBlock, LocalConv, LocalDense
+from localjax.checks import GradientLeakError, check_gradient_isolation, checked_step
+from localjax.errors import ConfigError, DatasetError, TrainingError
+from localjax.heads import HeadConfig, LocalHead
 from localjax.losses import (
     bce_loss,
     bio_pred_targets,
+    check_labels,
     pred_loss,
     predsim_loss,
     sim_loss,
     similarity_matrix,
 )
-from localjax.models import (
-    MLP,
-    VGG,
+from localjax.models import MLP, VGG, build_model
+from localjax.network import (
+    LocalNetwork,
     OutputLayer,
     apply_blocks,
-    build_model,
     count_params,
     cut,
     output_loss_weight,
 )
-from localjax.step import (
-    TrainState,
-    create_train_state,
-    make_eval_step,
-    make_optimizer,
-    make_train_step,
-    milestone_schedule,
-)
+from localjax.nnx_bridge import to_nnx
+from localjax.objective import local_objective, summarize_metrics
+from localjax.ops.feedback import fa_matmul
+from localjax.training.optimizer import make_optimizer, milestone_schedule
+from localjax.training.state import TrainState, create_train_state
+from localjax.training.steps import make_eval_step, make_multi_step, make_train_step
 
 __version__ = "0.1.0"
 __all__ = [
@@ -73,6 +71,7 @@ __all__ = [
     "LocalConv",
     "LocalBlock",
     # composing models (METHOD.md, Network; Local losses)
+    "LocalNetwork",
     "cut",
     "apply_blocks",
     "OutputLayer",
@@ -86,6 +85,7 @@ __all__ = [
     "create_train_state",
     "make_train_step",
     "make_eval_step",
+    "make_multi_step",
     "make_optimizer",
     "milestone_schedule",
     "local_objective",
@@ -97,4 +97,8 @@ __all__ = [
     "checked_step",
     # Flax NNX
     "to_nnx",
+    # errors a user acts on
+    "ConfigError",
+    "DatasetError",
+    "TrainingError",
 ]

@@ -95,7 +95,7 @@ def tiny_config(tiny_data_dir):
 
 def read_records(workdir) -> list[dict]:
     """metrics.jsonl as dicts, without the wall-clock fields (`train.TIMING_KEYS`)."""
-    from localjax.train import TIMING_KEYS
+    from localjax.training.metrics import TIMING_KEYS
 
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]

@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import localjax as lj
-from localjax import compose
+from localjax import blocks, checks
 
 FAST = {"xla_backend_optimization_level": 0}
 B, K = 8, 4
@@ -108,7 +108,14 @@ PREDSIM = lj.HeadConfig("predsim", num_classes=K, dim_in_decoder=64)
 
 
 # ---------------------------------------------------------------- public API
-COMPOSE_NAMES = set(compose.__all__)
+COMPOSE_NAMES = set(checks.__all__) | {
+    "LocalBlock",
+    "LocalNetwork",
+    "check_labels",
+    "local_objective",
+    "summarize_metrics",
+    "to_nnx",
+}
 
 
 def test_public_api_is_exported_and_documented():
@@ -398,8 +405,8 @@ def test_check_labels_shapes_and_values():
 def test_module_without_train_argument_and_pass_train():
     x, y = batch((B, 6))
     block = lj.LocalBlock(nn.Dense(8), head=PREDSIM)
-    assert not compose._accepts_train(nn.Dense(8))
-    assert compose._accepts_train(DenseUnit(8))
+    assert not blocks._accepts_train(nn.Dense(8))
+    assert blocks._accepts_train(DenseUnit(8))
     variables = block.init(key(0), x, y)
     (out, local) = block.apply(variables, x, y)
     assert out.shape == (B, 8) and local["logits"].shape == (B, K)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from localjax import augment as aug
+from localjax.data import augmentation as aug
 from localjax.data import DatasetSpec
 
 SPEC = DatasetSpec("toy", 8, 2, 10, (0.5, 0.25), (0.5, 0.25))

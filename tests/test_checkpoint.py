@@ -10,12 +10,14 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import cli, make_tiny_config, read_records
 
-from localjax import train
-from localjax.checkpoint import Checkpointer
+from localjax.training import loop as train
+from localjax.training.checkpoints import Checkpointer
 
 RUN = dict(epochs=6, train_limit=256, checkpoint_every=1, keep=2)
 # Runs the main job, but SIGKILLs itself inside the write of epoch 2's checkpoint: after the
@@ -127,12 +129,23 @@ def test_a_kill_inside_a_checkpoint_write_leaves_a_resumable_workdir(uninterrupt
     assert not any("tmp" in e for e in os.listdir(tmp_path / "run" / "checkpoints"))
 
 
+def nan_rate_from_update(monkeypatch, first_nan_update: int) -> None:
+    """Adam whose learning rate is NaN from update number `first_nan_update` (0-based)."""
+    monkeypatch.setattr(
+        train,
+        "make_optimizer",
+        lambda *_: optax.adam(lambda count: jnp.where(count >= first_nan_update, jnp.nan, 1e-3)),
+    )
+
+
 def test_a_non_finite_loss_names_step_and_block_and_keeps_the_last_good_checkpoint(
-    tiny_config, tmp_path
+    tiny_config, tmp_path, monkeypatch
 ):
-    # lr_decay = NaN: epoch 1 trains normally; the first update of epoch 2 (step 9 with
-    # 8 batches per epoch) uses a NaN rate, so step 10 is the first non-finite loss.
-    config = tiny_config(epochs=3, lr_decay=float("nan"), milestones=(1,))
+    # epoch 1 trains normally; the first update of epoch 2 (step 9 with 8 batches per
+    # epoch) uses a NaN rate, so step 10 is the first non-finite loss. (A NaN lr_decay in
+    # the config is refused up front, so the rate is injected here.)
+    nan_rate_from_update(monkeypatch, 8)
+    config = tiny_config(epochs=3)
     with pytest.raises(train.TrainingError, match=r"step 10 \(epoch 2, batch 2 of 8\)") as e:
         train.train_and_evaluate(config, str(tmp_path))
     assert "block_0" in str(e.value) and "checkpoint" in str(e.value)
@@ -142,9 +155,12 @@ def test_a_non_finite_loss_names_step_and_block_and_keeps_the_last_good_checkpoi
     assert [r["epoch"] for r in read_records(tmp_path)] == [1]
 
 
-def test_a_non_finite_update_at_the_end_of_an_epoch_is_not_saved(tiny_config, tmp_path):
+def test_a_non_finite_update_at_the_end_of_an_epoch_is_not_saved(
+    tiny_config, tmp_path, monkeypatch
+):
     # one batch per epoch: epoch 2's only loss is finite, but its NaN-rate update is not
-    config = tiny_config(epochs=3, train_limit=16, lr_decay=float("nan"), milestones=(1,))
+    nan_rate_from_update(monkeypatch, 1)
+    config = tiny_config(epochs=3, train_limit=16)
     with pytest.raises(train.TrainingError, match=r"after step 2 \(the last of epoch 2\)"):
         train.train_and_evaluate(config, str(tmp_path))
     ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=3)

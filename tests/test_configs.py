@@ -11,8 +11,8 @@ import pytest
 
 from experiments.configs import recipe
 from localjax import data as data_lib
-from localjax import train as train_lib
-from localjax.models import count_params
+from localjax.training import loop as train_lib
+from localjax.network import count_params
 
 # dataset -> (image size, channels, classes) per METHOD.md's data table
 DATASETS = {

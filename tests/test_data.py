@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from test_readers import write_cifar_batch, write_dataset, write_idx
 
-from localjax import data, tfds_source
+from localjax import data
+from localjax.data import loading
+from localjax.data import tfds_source
 from localjax.data import DatasetError
 from localjax.models import build_model
 
@@ -139,7 +141,7 @@ def test_missing_files_without_tfds_in_auto_mode(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_default_looks_in_debian_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
+    monkeypatch.setattr(loading, "DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
     with pytest.raises(DatasetError, match=f"looked in \\['{tmp_path}/debian'"):
         data.load("fashion_mnist", "test", None, source="files")
     write_dataset("fashion_mnist", str(tmp_path / "debian"))
@@ -203,7 +205,7 @@ def test_cache_round_trip_and_errors(tmp_path, monkeypatch):
     )
     path = data.cache_path("svhn", "test", str(tmp_path))
     assert path == os.path.join(str(tmp_path), "localjax_cache", "svhn-test.npz")
-    data._write_cache(path, ds)
+    loading._write_cache(path, ds)
     assert os.listdir(os.path.dirname(path)) == ["svhn-test.npz"]  # no temporary left
     monkeypatch.setattr(tfds_source, "load_tfds", lambda *a, **k: pytest.fail("TFDS called"))
     monkeypatch.setattr(tfds_source, "available", lambda: False)  # the cache needs no TFDS
@@ -236,7 +238,7 @@ def test_cache_write_failure_only_warns(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     ds = data.Dataset(np.zeros((1, 28, 28, 1), np.uint8), np.zeros(1, np.int32))
-    data._write_cache(str(blocker / "localjax_cache" / "x.npz"), ds)  # must not raise
+    loading._write_cache(str(blocker / "localjax_cache" / "x.npz"), ds)  # must not raise
 
 
 def test_epoch_batches_unchanged():

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from localjax import layers
-from localjax.layers import HeadConfig, LocalConv, LocalDense, decoder_pool_geometry
+from localjax import heads as layers
+from localjax.blocks import LocalConv, LocalDense
+from localjax.heads import HeadConfig, decoder_pool_geometry
 
 # METHOD.md's worked values for vgg8b on 28 px with dim_in_decoder 1024:
 # (C, H) -> kernel, padding, output

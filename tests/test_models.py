@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from localjax.layers import LocalConv, LocalDense
-from localjax.models import build_model, count_params
+from localjax.blocks import LocalConv, LocalDense
+from localjax.models import build_model
+from localjax.network import count_params
 
 
 def shapes_of(model, x_shape, batch=2):
@@ -154,11 +155,12 @@ def test_fused_gradient_equals_each_block_trained_alone(name):
         )
         h = out
         if name == "vgg8b":
-            h = _after_block(model, bname, h)
+            h = _after_block(name, bname, h)
 
 
 def _standalone_block(model, bname, bparams, h):
-    head, common = model.head, dict(nonlin=model.nonlin, dropout=model.dropout)
+    built = dict(model.named_layers())[bname]  # its settings; the block is rebuilt alone
+    head, common = built.head, dict(nonlin=built.nonlin, dropout=built.dropout)
     if "dense" in bname:
         return LocalDense(
             bparams["dense"]["kernel"].shape[1],
@@ -174,11 +176,11 @@ def _standalone_block(model, bname, bparams, h):
     )
 
 
-def _after_block(model, bname, h):
+def _after_block(config, bname, h):
     """The plain layers (max-pool 'M', flatten) that follow a conv block in vgg8b."""
     from localjax.models import VGG_CONFIGS
 
-    cfg = VGG_CONFIGS[model.config]
+    cfg = VGG_CONFIGS[config]
     if not bname.startswith("block_conv_"):
         return h
     i = int(bname.rsplit("_", 1)[1])

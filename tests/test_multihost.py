@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 from conftest import cli, make_tiny_config, read_records
 
-from localjax import train
+from localjax.training import loop as train
 
 
 def _free_port() -> int:

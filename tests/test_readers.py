@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from localjax import readers
-from localjax.readers import DatasetError
+from localjax.data import readers
+from localjax.errors import DatasetError
 
 
 # ------------------------------------------------------------------ writers (real formats)

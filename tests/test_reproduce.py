@@ -9,9 +9,9 @@ import struct
 import pytest
 
 from experiments import plot, reproduce
-from localjax import metric_writer
+from localjax.training import metric_writer
 from localjax.data import DEBIAN_FASHION_MNIST
-from localjax.metric_writer import MetricWriter
+from localjax.training.metric_writer import MetricWriter
 
 
 # ---------------------------------------------------------------- test fixtures

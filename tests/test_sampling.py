@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from localjax.data import epoch_batches
-from localjax.sampling import class_batches, classes_per_batch_active, epoch_order
+from localjax.data.sampling import class_batches, classes_per_batch_active, epoch_order
 
 
 def _labels(num_classes, per_class, seed=0, balanced=True):

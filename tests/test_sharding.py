@@ -11,9 +11,11 @@ import optax
 import pytest
 from conftest import read_records
 
-from localjax import sharding, train
+from localjax.training import loop as train
+from localjax.training import sharding
 from localjax.models import build_model
-from localjax.step import TrainState, make_train_step
+from localjax.training.state import TrainState
+from localjax.training.steps import make_train_step
 
 DEVICE_COUNTS = (2, 4, 8)
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")

@@ -7,10 +7,10 @@ import optax
 import pytest
 
 from localjax.models import build_model
-from localjax.step import (
-    create_train_state,
+from localjax.training.optimizer import make_optimizer
+from localjax.training.state import create_train_state
+from localjax.training.steps import (
     make_multi_step,
-    make_optimizer,
     make_reference_train_step,
     make_train_step,
 )
@@ -154,7 +154,7 @@ def test_local_step_memory_is_flat_in_depth():
 
 
 def test_conv_shifted_wgrad_matches_xla_gradients():
-    from localjax.step import conv_shifted_wgrad
+    from localjax.ops.conv_wgrad import conv_shifted_wgrad
 
     x = jax.random.normal(jax.random.key(0), (3, 6, 5, 4))
     w = jax.random.normal(jax.random.key(1), (3, 3, 4, 7))
@@ -172,7 +172,7 @@ def test_conv_shifted_wgrad_matches_xla_gradients():
 
 
 def test_shifted_wgrad_convs_step_equals_plain_step():
-    from localjax.step import shifted_wgrad_convs
+    from localjax.ops.conv_wgrad import shifted_wgrad_convs
 
     model = build_model("vgg6a", 10, "predsim", **VGG)
     tx = optax.sgd(0.05)

@@ -21,7 +21,8 @@ pytest.importorskip(
 
 from test_readers import write_dataset  # noqa: E402
 
-from localjax import data, tfds_source  # noqa: E402
+from localjax import data
+from localjax.data import tfds_source  # noqa: E402
 from localjax.data import DatasetError  # noqa: E402
 
 NAMES = sorted(data.SPECS)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import fashion_mnist
-from localjax import data, step, train
+from localjax import data
+from localjax.training import loop as train
+from localjax.training import optimizer as step
 
 FMNIST = data.DEBIAN_FASHION_MNIST
 needs_fmnist = pytest.mark.skipif(

@@ -8,9 +8,12 @@ import jax.numpy as jnp
 import pytest
 from conftest import make_tiny_config, read_records
 
-from localjax import data, train
+from localjax import data
+from localjax.training import loop as train
 from localjax.models import build_model
-from localjax.step import create_train_state, make_optimizer, make_train_step
+from localjax.training.optimizer import make_optimizer
+from localjax.training.state import create_train_state
+from localjax.training.steps import make_train_step
 
 FMNIST = data.DEBIAN_FASHION_MNIST
 needs_fmnist = pytest.mark.skipif(

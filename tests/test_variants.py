@@ -8,10 +8,11 @@ import optax
 import pytest
 
 from localjax import losses
-from localjax.feedback import fa_matmul
-from localjax.layers import HeadConfig, LocalHead
+from localjax.ops.feedback import fa_matmul
+from localjax.heads import HeadConfig, LocalHead
 from localjax.models import build_model
-from localjax.step import create_train_state, make_train_step
+from localjax.training.state import create_train_state
+from localjax.training.steps import make_train_step
 
 B, D, P, K = 6, 12, 16, 5
 

@@ -8,8 +8,13 @@ Usage::
 
 from __future__ import annotations
 
-from localjax.layers import decoder_pool_geometry
-from localjax.models import VGG_CONFIGS
+import math
+
+import jax
+import jax.numpy as jnp
+
+from localjax.blocks import LocalConv, LocalDense
+from localjax.heads import decoder_pool_geometry
 
 __all__ = ["model_flops", "dense_matmuls", "MATMUL_LAYOUTS"]
 
@@ -47,6 +52,33 @@ def _head_flops(b: int, shape: tuple[int, ...], cfg) -> float:
     return flops
 
 
+def _walk(model, image_shape: tuple[int, ...]):
+    """Yields `(block, in_shape, out_shape, is_first_block)` per block of a `LocalNetwork`,
+    and finally `(None, shape, None, ...)` for the output layer's input; shapes without
+    the batch axis. Plain layers (pooling, reshapes) are traced with `jax.eval_shape`."""
+    shape = tuple(image_shape)
+    first = True
+    for name, layer in model.named_layers():
+        if name is None:
+            spec = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+            shape = tuple(jax.eval_shape(layer, spec).shape[1:])
+            continue
+        if isinstance(layer, LocalConv):
+            k, s, p = layer.geometry(shape[0])
+            h, w = ((n + 2 * p - k) // s + 1 for n in shape[:2])
+            out = (h, w, layer.features)
+        elif isinstance(layer, LocalDense):
+            out = (layer.features,)
+        else:
+            raise TypeError(
+                f"FLOPs are counted for LocalDense and LocalConv blocks; {name!r} is a "
+                f"{type(layer).__name__} (use XLA's cost analysis, `xla_flops_per_step`)."
+            )
+        yield layer, shape, out, first
+        shape, first = out, False
+    yield None, shape, None, first
+
+
 def model_flops(model, batch: int, image_shape: tuple[int, int, int]) -> float:
     """Matmul and convolution FLOPs of one training step, counted from the architecture.
 
@@ -58,7 +90,7 @@ def model_flops(model, batch: int, image_shape: tuple[int, int, int]) -> float:
     losses). Elementwise work (BatchNorm, nonlinearity, pooling, the optimizer) is not counted.
 
     Args:
-      model: a network from `build_model` (`mlp` or a VGG).
+      model: a `LocalNetwork` of `LocalDense` / `LocalConv` blocks (`mlp`, the VGGs).
       batch: B.
       image_shape: `(H, W, C)` of the input.
 
@@ -66,41 +98,27 @@ def model_flops(model, batch: int, image_shape: tuple[int, int, int]) -> float:
       FLOPs per step, a Python float.
 
     Raises:
-      AttributeError: `model` is not a `build_model` network (no `head`, `detach`,
-        `num_layers`, ...).
-      KeyError: a VGG `config` that is not in `VGG_CONFIGS`.
-      ValueError: `image_shape` is not a 3-tuple.
+      TypeError: a block that is neither `LocalDense` nor `LocalConv`.
+      AttributeError: `model` is not a `LocalNetwork`.
 
     Counts the layers of METHOD.md, Network and Local losses, for the benchmark's achieved
-    FLOP/s (DESIGN.md, modules: `experiments/benchmark.py`).
+    FLOP/s (docs/performance.md).
     """
-    cfg = model.head
-    local = cfg is not None
-    cut = local and model.detach
-    h, w, c = image_shape
+    cut = model.detach
     flops = 0.0
-    first = True
-    if hasattr(model, "config"):
-        for item in VGG_CONFIGS[model.config]:
-            if item == "M":
-                h, w = h // 2, w // 2
-                continue
-            out_c = int(item * model.feat_mult)
-            k, s, p = (7, 2, 3) if first and h > 64 else (3, 1, 1)
-            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-            fwd = 2 * batch * h * w * k * k * c * out_c
-            flops += fwd * (2 if first or cut else 3)
-            flops += _head_flops(batch, (h, w, out_c), cfg) if local else 0.0
-            c, first = out_c, False
-    d_in = h * w * c
-    for i in range(model.num_layers):
-        fwd = 2 * batch * d_in * model.num_hidden
-        no_input_grad = (i == 0 and first) or cut
-        flops += fwd * (2 if no_input_grad else 3)
-        flops += _head_flops(batch, (model.num_hidden,), cfg) if local else 0.0
-        d_in, first = model.num_hidden, False
-    fwd = 2 * batch * d_in * model.num_classes
-    flops += fwd * (2 if cut else 3)
+    for block, in_shape, out_shape, first in _walk(model, image_shape):
+        if block is None:  # the output layer
+            fwd = 2 * batch * math.prod(in_shape) * model.output.num_classes
+            flops += fwd * (2 if cut else 3)
+            break
+        if isinstance(block, LocalConv):
+            k, _, _ = block.geometry(in_shape[0])
+            h, w, out_c = out_shape
+            fwd = 2 * batch * h * w * k * k * in_shape[-1] * out_c
+        else:
+            fwd = 2 * batch * math.prod(in_shape) * block.features
+        flops += fwd * (2 if first or cut else 3)
+        flops += _head_flops(batch, out_shape, block.head)
     return float(flops)
 
 
@@ -119,7 +137,7 @@ def dense_matmuls(
     shapes (M = batch for forward and input gradients, K = batch for weight gradients).
 
     Args:
-      model: an `mlp` network from `build_model` (local or backprop, any head).
+      model: a `LocalNetwork` of `LocalDense` blocks (`mlp`; local or backprop).
       batch: B.
       image_shape: `(H, W, C)` of the input (flattened into the first block).
 
@@ -129,21 +147,13 @@ def dense_matmuls(
       image_shape)`.
 
     Raises:
-      TypeError: `model` is a VGG (convolutions are not matmuls here).
-      AttributeError: `model` is not a `build_model` network.
+      TypeError: a block that is not `LocalDense` (convolutions are not matmuls here).
+      AttributeError: `model` is not a `LocalNetwork`.
 
-    Lists the layers of METHOD.md, Network and Local losses (DESIGN.md, modules:
-    `experiments/benchmark.py`).
+    Lists the layers of METHOD.md, Network and Local losses (docs/performance.md).
     """
-    if hasattr(model, "config"):
-        raise TypeError(
-            f"dense_matmuls lists the matmuls of an mlp; {model.config!r} is a VGG "
-            "(use model_flops for its convolution FLOPs)."
-        )
-    cfg = model.head
-    cut = cfg is not None and model.detach
+    cut = model.detach
     b = batch
-    d_in = image_shape[0] * image_shape[1] * image_shape[2]
     ops: list[tuple[str, int, int, int, str]] = []
 
     def layer(role: str, k: int, n: int, input_grad: bool) -> None:
@@ -152,9 +162,20 @@ def dense_matmuls(
         if input_grad:
             ops.append((f"{role} input grad", b, n, k, "nt"))
 
-    for i in range(model.num_layers):
-        d = model.num_hidden
-        layer(f"block {i} dense", d_in, d, input_grad=not (i == 0 or cut))
+    i = 0
+    for block, in_shape, out_shape, first in _walk(model, image_shape):
+        d_in = math.prod(in_shape)
+        if block is None:
+            layer("output", d_in, model.output.num_classes, input_grad=not cut)
+            break
+        if not isinstance(block, LocalDense):
+            raise TypeError(
+                f"dense_matmuls lists the matmuls of dense blocks (an mlp); this network "
+                f"has a {type(block).__name__} block, as a VGG does (use model_flops for "
+                "its convolution FLOPs)."
+            )
+        d, cfg = block.features, block.head
+        layer(f"block {i} dense", d_in, d, input_grad=not (first or cut))
         if cfg is not None:
             if cfg.uses_sim:
                 if not cfg.bio:
@@ -167,6 +188,5 @@ def dense_matmuls(
             if cfg.uses_pred:
                 out = cfg.target_proj_size if cfg.bio else cfg.num_classes
                 layer(f"block {i} decoder", d, out, input_grad=True)
-        d_in = d
-    layer("output", d_in, model.num_classes, input_grad=not cut)
+        i += 1
     return ops

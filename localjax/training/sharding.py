@@ -28,6 +28,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from localjax.errors import ConfigError
+
 __all__ = [
     "initialize_distributed",
     "make_mesh",
@@ -65,7 +67,7 @@ def initialize_distributed(
       ordinary single-process run.
 
     Raises:
-      ValueError: a coordinator is given but P or the process id cannot be determined, or
+      ConfigError (a ValueError): a coordinator is given but P or the process id cannot be determined, or
         JAX already ran computations in this process (the message says how to fix it).
 
     Multi-host runs (DESIGN.md, Decisions: data parallel: `jax.distributed.initialize()`).
@@ -86,7 +88,7 @@ def initialize_distributed(
             process_id=process_id if process_id >= 0 else None,
         )
     except (RuntimeError, ValueError) as e:
-        raise ValueError(
+        raise ConfigError(
             f"cannot join the multi-process run at {address}: {e}. Give every process the "
             "same coordinator address, num_processes = P and a distinct process_id in [0, P) "
             "(config fields or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), "
@@ -123,19 +125,19 @@ def make_mesh(num_devices: int = 0) -> Mesh:
       A `jax.sharding.Mesh` of shape `(n,)` with axis name `data`.
 
     Raises:
-      ValueError: n exceeds the device count, or n leaves some process without devices.
+      ConfigError (a ValueError): n exceeds the device count, or n leaves some process without devices.
 
     The 1-D mesh (DESIGN.md, Decisions: data parallel; modules: sharding.py).
     """
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     if num_devices:
         if num_devices > len(devices):
-            raise ValueError(
+            raise ConfigError(
                 f"num_devices={num_devices} but only {len(devices)} devices are visible; "
                 "lower num_devices (0 = all) or expose more devices."
             )
         if jax.process_count() > 1 and num_devices != len(devices):
-            raise ValueError(
+            raise ConfigError(
                 f"num_devices={num_devices} with {jax.process_count()} processes would leave "
                 f"devices idle; use num_devices=0 (all {len(devices)} devices)."
             )
@@ -186,7 +188,7 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> No
       what: the option's name, for the message.
 
     Raises:
-      ValueError: B <= 0 or B % n != 0; the message names both numbers and the nearest
+      ConfigError (a ValueError): B <= 0 or B % n != 0; the message names both numbers and the nearest
         valid sizes.
 
     The divisibility check (DESIGN.md, Decisions: data parallel; modules: sharding.py).
@@ -194,7 +196,7 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> No
     n = mesh.size
     if batch_size <= 0 or batch_size % n:
         lower, upper = max(n, batch_size // n * n), (batch_size // n + 1) * n
-        raise ValueError(
+        raise ConfigError(
             f"{what}={batch_size} does not divide over {n} devices: every device must get the "
             f"same number of examples. Use a multiple of {n} (e.g. {lower} or {upper}), or "
             f"run on a device count that divides {batch_size} (config field num_devices)."

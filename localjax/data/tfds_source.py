@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
-from localjax.readers import DatasetError
+from localjax.errors import DatasetError
 
 __all__ = ["available", "load_tfds", "INSTALL_HINT"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from localjax.flops import MATMUL_LAYOUTS
+from localjax.perf.flops import MATMUL_LAYOUTS
 
 __all__ = ["matmul_peak_gflops", "matmul_ceiling_gflops"]
 

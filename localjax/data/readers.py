@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from localjax.errors import DatasetError
+
 __all__ = [
     "DatasetError",
     "FileLayout",
@@ -43,20 +45,6 @@ __all__ = [
     "find_files",
     "read_files",
 ]
-
-
-class DatasetError(RuntimeError):
-    """A dataset cannot be loaded: missing, corrupt or inconsistent files.
-
-    Args:
-      message: str naming the problem, where it looked and how to fix it.
-
-    Raises:
-      Nothing of its own; the readers and `data.load` raise it.
-
-    Part of dataset loading (DESIGN.md, Decisions: data on device; the IDX reader serves
-    local files; modules: data.py).
-    """
 
 
 # ------------------------------------------------------------------ IDX files

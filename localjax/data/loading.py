@@ -1,4 +1,4 @@
-"""Datasets of the paper as uint8 arrays, and the order in which an epoch visits them.
+"""Loading the paper's datasets as uint8 arrays: local files, the .npz cache, or TFDS.
 
 Usage::
 
@@ -6,23 +6,21 @@ Usage::
     train = load("fashion_mnist", "train", data_dir=None)   # Dataset(images, labels)
     train.images.shape, train.images.dtype                   # (60000, 28, 28, 1) uint8
     test = load("cifar10", "test", "/data", source="tfds")   # TFDS once, then an .npz cache
-    for idx in epoch_batches(len(train), 128, seed=0, epoch=1):
-        ...                                                  # idx: [<=128] int32
 
 The seven datasets of METHOD.md's data table: `mnist`, `fashion_mnist`,
 `kuzushiji_mnist`, `cifar10`, `cifar100`, `svhn` (train = train + extra), `stl10` (96 px).
 Sources, in the order `source="auto"` tries them:
 
-1. local files in their published format (`localjax.readers`: IDX, CIFAR pickles, SVHN
+1. local files in their published format (`localjax.data.readers`: IDX, CIFAR pickles, SVHN
    `.mat`, STL-10 binaries) in `data_dir` or `data_dir/<archive folder>`;
 2. the `.npz` cache `data_dir/localjax_cache/<name>-<split>.npz` of an earlier TFDS read;
-3. tensorflow-datasets (`localjax.tfds_source`) under `data_dir/tfds`, then cached as in 2.
+3. tensorflow-datasets (`localjax.data.tfds_source`) under `data_dir/tfds`, then cached as in 2.
 
 `data_dir=None` means `$LOCALJAX_DATA_DIR`, else `~/localjax_data` (plus Debian's package
 folder for Fashion-MNIST). README.md, section 'Datasets' says how to obtain each dataset.
 
 Letters: N examples, H/W image size, C channels (NHWC), K classes.
-Images stay uint8 until the jitted step (augment.py) turns them into float32.
+Images stay uint8 until the jitted step (`augmentation.py`) turns them into float32.
 """
 
 from __future__ import annotations
@@ -35,159 +33,17 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from localjax import readers, tfds_source
-from localjax.readers import DatasetError, read_idx
+from localjax.data import readers, tfds_source
+from localjax.data.specs import SPECS, DatasetSpec, get_spec
+from localjax.errors import ConfigError, DatasetError
 
-__all__ = [
-    "DatasetSpec",
-    "Dataset",
-    "DatasetError",
-    "SPECS",
-    "SOURCES",
-    "get_spec",
-    "load",
-    "read_idx",
-    "default_data_dir",
-    "cache_path",
-    "epoch_batches",
-    "DEBIAN_FASHION_MNIST",
-]
+__all__ = ["Dataset", "SOURCES", "load", "default_data_dir", "cache_path", "DEBIAN_FASHION_MNIST"]
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 SOURCES = ("auto", "files", "tfds")
 _CACHE_DIR = "localjax_cache"
 _CACHE_VERSION = 1
 
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """Per-dataset facts of METHOD.md's data table.
-
-    Attributes:
-      name: registry name (e.g. `fashion_mnist`).
-      image_size: H = W in pixels.
-      channels: C.
-      num_classes: K.
-      mean, std: per-channel normalisation of [0, 1] pixels (length C).
-      crop_padding: zero padding (px) of the random crop; 0 = no crop.
-      flip: random horizontal flips.
-      idx_prefix: file-name prefixes of the IDX files, (train, test), for MNIST-like sets.
-      file_format: a key of `readers.LAYOUTS` (`idx`, `cifar10`, `cifar100`, `svhn`, `stl10`).
-      tfds_name: the dataset's name in tensorflow-datasets.
-      train_splits: TFDS splits concatenated into our `train` split (SVHN: train + extra).
-
-    Raises:
-      Nothing of its own (a frozen dataclass: no validation; assigning a field raises
-      `dataclasses.FrozenInstanceError`).
-
-    Records the data table (METHOD.md, Data).
-    """
-
-    name: str
-    image_size: int
-    channels: int
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_padding: int = 0
-    flip: bool = False
-    idx_prefix: tuple[str, str] | None = None
-    file_format: str = "idx"
-    tfds_name: str = ""
-    train_splits: tuple[str, ...] = ("train",)
-
-
-_MNIST_IDX = ("train", "t10k")
-SPECS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        "mnist",
-        28,
-        1,
-        10,
-        (0.1307,),
-        (0.3081,),
-        crop_padding=2,
-        idx_prefix=_MNIST_IDX,
-        tfds_name="mnist",
-    ),
-    "fashion_mnist": DatasetSpec(
-        "fashion_mnist",
-        28,
-        1,
-        10,
-        (0.286,),
-        (0.353,),
-        crop_padding=2,
-        flip=True,
-        idx_prefix=_MNIST_IDX,
-        tfds_name="fashion_mnist",
-    ),
-    "kuzushiji_mnist": DatasetSpec(
-        "kuzushiji_mnist",
-        28,
-        1,
-        10,
-        (0.1904,),
-        (0.3475,),
-        idx_prefix=_MNIST_IDX,
-        tfds_name="kmnist",
-    ),
-    "cifar10": DatasetSpec(
-        "cifar10",
-        32,
-        3,
-        10,
-        (0.424, 0.415, 0.384),
-        (0.283, 0.278, 0.284),
-        crop_padding=4,
-        flip=True,
-        file_format="cifar10",
-        tfds_name="cifar10",
-    ),
-    "cifar100": DatasetSpec(
-        "cifar100",
-        32,
-        3,
-        100,
-        (0.438, 0.418, 0.377),
-        (0.300, 0.287, 0.294),
-        crop_padding=4,
-        flip=True,
-        file_format="cifar100",
-        tfds_name="cifar100",
-    ),
-    "svhn": DatasetSpec(
-        "svhn",
-        32,
-        3,
-        10,
-        (0.431, 0.430, 0.446),
-        (0.197, 0.198, 0.199),
-        file_format="svhn",
-        tfds_name="svhn_cropped",
-        train_splits=("train", "extra"),
-    ),
-    "stl10": DatasetSpec(
-        "stl10",
-        96,
-        3,
-        10,
-        (0.447, 0.440, 0.407),
-        (0.260, 0.257, 0.271),
-        file_format="stl10",
-        tfds_name="stl10",
-    ),
-}
-
-# other spellings users type -> registry name
-_ALIASES = {
-    "kmnist": "kuzushiji_mnist",
-    "svhn_cropped": "svhn",
-    "fmnist": "fashion_mnist",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-    "stl-10": "stl10",
-}
 
 # how to get the files, per dataset (error messages and README.md, section 'Datasets')
 _HOW_FILES = {
@@ -226,24 +82,6 @@ class Dataset(NamedTuple):
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-
-def get_spec(name: str) -> DatasetSpec:
-    """The `DatasetSpec` of a dataset name (METHOD.md's data table).
-
-    Args:
-      name: a key of `SPECS`, or a common other spelling (`kmnist`, `svhn_cropped`).
-
-    Returns:
-      The spec.
-
-    Raises:
-      ValueError: for an unknown name, listing the known ones.
-    """
-    name = _ALIASES.get(name, name)
-    if name not in SPECS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(SPECS)}.")
-    return SPECS[name]
 
 
 def default_data_dir() -> str:
@@ -404,16 +242,16 @@ def load(
       `Dataset(images [N, H, W, C] uint8, labels [N] int32)`.
 
     Raises:
-      ValueError: unknown dataset, split or source.
+      ConfigError (a ValueError): unknown dataset, split or source.
       DatasetError: files missing (says where it looked and how to get them), corrupt or
         truncated, labels outside [0, K), images of the wrong shape, or TFDS unavailable.
     """
     spec = get_spec(name)
     data_dir = os.path.expanduser(data_dir) if data_dir else None
     if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'.")
+        raise ConfigError(f"unknown split {split!r}; choose 'train' or 'test'.")
     if source not in SOURCES:
-        raise ValueError(f"unknown data source {source!r}; choose one of {list(SOURCES)}.")
+        raise ConfigError(f"unknown data source {source!r}; choose one of {list(SOURCES)}.")
 
     if source in ("auto", "files"):
         dirs = _file_dirs(spec, data_dir)
@@ -451,33 +289,3 @@ def load(
     ds = _validated(spec, images, labels, f"TFDS {spec.tfds_name}:{'+'.join(splits)}")
     _write_cache(cache, ds)
     return ds
-
-
-# ------------------------------------------------------------------ epoch order
-def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Shuffled batches of example indices for one epoch, the last partial one kept.
-
-    The order depends only on (seed, epoch), so a resumed run sees the same batches.
-
-    Args:
-      num_examples: N > 0.
-      batch_size: examples per batch, > 0.
-      seed: run seed.
-      epoch: epoch number (1-based).
-
-    Returns:
-      ceil(N / batch_size) int32 index arrays covering every example once.
-
-    Raises:
-      ValueError: if N or batch_size is not positive.
-
-    Implements the epoch order (METHOD.md, Training: batch 128, last partial batch kept;
-    DESIGN.md, Decisions: reproducibility).
-    """
-    if num_examples <= 0 or batch_size <= 0:
-        raise ValueError(
-            f"need num_examples > 0 and batch_size > 0; got {num_examples}, {batch_size}."
-        )
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(num_examples).astype(np.int32)
-    return [order[i : i + batch_size] for i in range(0, num_examples, batch_size)]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from localjax.data import DatasetSpec
+from localjax.data.specs import DatasetSpec
+from localjax.errors import ConfigError
 
 __all__ = [
     "to_unit",
@@ -244,7 +245,7 @@ def augment(
     step).
     """
     if cutout_length < 0:
-        raise ValueError(f"cutout_length must be >= 0; got {cutout_length}.")
+        raise ConfigError(f"cutout_length must be >= 0; got {cutout_length}.")
     crop_key, flip_key = jax.random.split(key)
     x = to_unit(images)
     if spec.crop_padding:

@@ -20,9 +20,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from localjax.data import epoch_batches
 
-__all__ = ["epoch_order", "class_batches", "classes_per_batch_active"]
+__all__ = ["epoch_batches", "epoch_order", "class_batches", "classes_per_batch_active"]
+
+
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Shuffled batches of example indices for one epoch, the last partial one kept.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+    Args:
+      num_examples: N > 0.
+      batch_size: examples per batch, > 0.
+      seed: run seed.
+      epoch: epoch number (1-based).
+
+    Returns:
+      ceil(N / batch_size) int32 index arrays covering every example once.
+
+    Raises:
+      ValueError: if N or batch_size is not positive.
+
+    Implements the epoch order (METHOD.md, Training: batch 128, last partial batch kept;
+    DESIGN.md, Decisions: reproducibility).
+    """
+    if num_examples <= 0 or batch_size <= 0:
+        raise ValueError(
+            f"need num_examples > 0 and batch_size > 0; got {num_examples}, {batch_size}."
+        )
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(num_examples).astype(np.int32)
+    return [order[i : i + batch_size] for i in range(0, num_examples, batch_size)]
+
 
 
 def classes_per_batch_active(classes_per_batch: int, until_epoch: int, epoch: int) -> bool:

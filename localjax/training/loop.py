@@ -1,0 +1,398 @@
+"""The whole training run: set up, then per epoch train, evaluate, record and save.
+
+Usage::
+
+    summary = train_and_evaluate(config, workdir)   # config as in experiments/configs/
+
+The per-step math lives in `training.steps`, the device layout in `training.sharding`, the
+checkpoint format in `training.checkpoints`, resuming in `training.resume`; this module
+owns the loop around them:
+
+- one `('data',)` mesh over every device (of every process): state and datasets
+  replicated, each batch's indices split over the devices, the step jitted for the global
+  batch (BatchNorm statistics and similarity matrices over all B examples);
+- metrics fetched every `sync_every` steps (this bounds the queue of dispatched steps and
+  names the exact step, and block, where a loss first turns non-finite);
+- `WORKDIR/metrics.jsonl`: one line per epoch; for a seed every value but the wall-clock
+  `epoch_seconds` (`TIMING_KEYS`) is identical from run to run, resumed or not;
+- `WORKDIR/checkpoints/<epoch>`: every `checkpoint_every` epochs and at the end, the last
+  `keep` retained; a workdir holding one is resumed from it, continuing metrics.jsonl;
+- process 0 alone writes files and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from localjax import data as data_lib
+from localjax.data import sampling
+from localjax.errors import ConfigError, DatasetError, TrainingError
+from localjax.network import LocalNetwork, count_params
+from localjax.objective import summarize_metrics
+from localjax.ops.conv_wgrad import conv_wgrad_context
+from localjax.training import sharding as sharding_lib
+from localjax.training.checkpoints import Checkpointer
+from localjax.training.config import model_from_config, validate
+from localjax.training.metric_writer import MetricWriter
+from localjax.training.metrics import TIMING_KEYS, check_finite, check_state_finite, drain
+from localjax.training.optimizer import epoch_learning_rate, make_optimizer
+from localjax.training.resume import RESUMABLE_CHANGES, restore, resumed_history, trajectory_config
+from localjax.training.state import TrainState, create_train_state
+from localjax.training.steps import make_eval_step, make_train_step
+
+__all__ = [
+    "train_and_evaluate",
+    "TrainState",
+    "TrainingError",
+    "ConfigError",
+    "DatasetError",
+    "RESUMABLE_CHANGES",
+    "TIMING_KEYS",
+]
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+    """Trains and evaluates one configuration, resuming from `workdir`'s checkpoint if any.
+
+    Runs the recipe of METHOD.md, Training, data parallel over every device of every
+    process (DESIGN.md, Decisions: data parallel): the results equal a one-device run's
+    up to float summation order. With a coordinator
+    (`config.coordinator_address` or `JAX_COORDINATOR_ADDRESS`) it first joins the
+    multi-process run; every process loads the dataset and feeds its devices' share of
+    each global batch. Only process 0 writes files.
+
+    Args:
+      config: an `ml_collections.ConfigDict` as in `experiments/configs/` (dataset,
+        data_dir, model, loss, recipe fields, dtype, epochs, batch_size, seed,
+        train_limit, checkpoint_every, keep, num_devices, coordinator fields, ...).
+      workdir: output directory; created if needed. Writes `metrics.jsonl` (one JSON
+        object per epoch: epoch, lr, train/test loss and error in percent, per-block
+        local loss and error, epoch_seconds; all but `TIMING_KEYS` identical for a
+        seed, resumed or not),
+        `checkpoints/<epoch>/` (Orbax) and `summary.json`.
+
+    Returns:
+      The summary dict (config, parameter counts, final test error in percent, device
+      and process counts, the epoch resumed from, this invocation's training seconds).
+
+    Raises:
+      ConfigError (a ValueError): unknown dataset, model, loss, dtype or conv_wgrad; batch_size or eval_batch_size
+        below 1 or not divisible by the device count; a negative train/test limit; dropout
+        outside [0, 1); a non-positive lr or lr_decay; num_hidden < 1; classes_per_batch above
+        the dataset's class count; a workdir that is a file; a workdir checkpoint of a
+        different run.
+      DatasetError: missing or corrupt data files.
+      TrainingError: a non-finite loss (no checkpoint of that epoch is written).
+    """
+    run = _setup(config, workdir)
+    state = run.state
+    try:
+        for epoch in range(run.last_epoch + 1, config.epochs + 1):
+            state, record = _train_and_evaluate_epoch(run, state, epoch)
+            _record_and_save(run, state, epoch, record)
+    finally:
+        run.close()
+    return _write_summary(run)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the epochs of one run share: config, devices, data, model, compiled steps."""
+
+    config: Any
+    workdir: str
+    primary: bool
+    mesh: Any
+    spec: data_lib.DatasetSpec
+    train: data_lib.Dataset
+    test: data_lib.Dataset
+    model: LocalNetwork
+    steps_per_epoch: int
+    params_inference: int
+    params_total: int
+    ckpt: Checkpointer | None
+    last_epoch: int
+    step_count: int
+    state: Any = None
+    device_data: tuple = ()
+    train_fn: Callable | None = None
+    eval_fn: Callable | None = None
+    history: list = dataclasses.field(default_factory=list)
+    writer: MetricWriter | None = None
+    start: float = 0.0
+
+    def say(self, message: str) -> None:
+        if self.primary:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.ckpt is not None:
+            self.ckpt.close()
+
+
+def _setup(config, workdir: str) -> _Run:
+    """Joins the processes, validates, loads data, builds and restores the state, compiles."""
+    sharding_lib.initialize_distributed(
+        config.get("coordinator_address", ""),
+        config.get("num_processes", 0),
+        config.get("process_id", -1),
+    )
+    validate(config, workdir)
+    mesh = sharding_lib.make_mesh(config.get("num_devices", 0))
+    sharding_lib.check_divisible(config.batch_size, mesh, "batch_size")
+    sharding_lib.check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
+    os.makedirs(workdir, exist_ok=True)
+    spec = data_lib.get_spec(config.dataset)
+    train, test = (_load_split(config, split) for split in ("train", "test"))
+
+    model = model_from_config(config, spec.num_classes)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    tx = make_optimizer(config.lr, tuple(config.milestones), steps_per_epoch, config.lr_decay)
+    sample = data_lib.normalize(jnp.asarray(train.images[:2]), spec)
+    host_state = jax.device_get(
+        create_train_state(
+            model, tx, jax.random.key(config.seed), sample, jnp.asarray(train.labels[:2])
+        )
+    )
+    primary = sharding_lib.is_primary()
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep) if primary else None
+    run = _Run(
+        config=config,
+        workdir=workdir,
+        primary=primary,
+        mesh=mesh,
+        spec=spec,
+        train=train,
+        test=test,
+        model=model,
+        steps_per_epoch=steps_per_epoch,
+        params_inference=count_params(host_state.params)[0],
+        params_total=count_params(host_state.params)[1],
+        ckpt=ckpt,
+        last_epoch=0,
+        step_count=0,
+    )
+    try:
+        run.last_epoch, host_state = restore(ckpt, host_state, config, workdir)
+        run.step_count = int(host_state.step)
+        run.state = sharding_lib.put_replicated(host_state, mesh)
+        run.device_data = sharding_lib.put_replicated(
+            (train.images, train.labels, test.images, test.labels), mesh
+        )
+        run.train_fn, run.eval_fn = _compiled_steps(model, tx, spec, config, mesh)
+        if primary and run.last_epoch:
+            run.history = resumed_history(workdir, run.last_epoch)
+        run.say(_banner(run))
+        run.writer = MetricWriter(workdir, append=bool(run.last_epoch)) if primary else None
+    except BaseException:
+        run.close()
+        raise
+    run.start = time.perf_counter()
+    return run
+
+
+def _load_split(config, split: str) -> data_lib.Dataset:
+    ds = data_lib.load(
+        config.dataset, split, config.data_dir or None, source=config.get("data_source", "auto")
+    )
+    limit = config.get("train_limit" if split == "train" else "test_limit", 0)
+    return data_lib.Dataset(ds.images[:limit], ds.labels[:limit]) if limit else ds
+
+
+def _compiled_steps(model, tx, spec, config, mesh) -> tuple[Callable, Callable]:
+    """The data-parallel train and eval steps, indexing the on-device datasets."""
+    step_fn = make_train_step(
+        model,
+        tx,
+        preprocess=lambda im, k: data_lib.augment(
+            im, k, spec, cutout_length=config.get("cutout_length", 0)
+        ),
+        seed=config.seed,
+    )
+    step_fn = _with_conv_wgrad(step_fn, config.get("conv_wgrad", "auto"))
+    eval_step = make_eval_step(model, preprocess=lambda im: data_lib.normalize(im, spec))
+    train_fn = sharding_lib.data_parallel(
+        lambda s, images, labels, idx: step_fn(s, images[idx], labels[idx]), mesh
+    )
+    eval_fn = sharding_lib.data_parallel(
+        lambda s, images, labels, idx: eval_step(s, images[idx], labels[idx]),
+        mesh,
+        donate_first=False,
+    )
+    return train_fn, eval_fn
+
+
+def _banner(run: _Run) -> str:
+    c = run.config
+    resumed = (
+        f"; resuming after epoch {run.last_epoch} (step {run.step_count})" if run.last_epoch else ""
+    )
+    return (
+        f"{c.model} {c.loss} ({c.get('dtype', 'float32')}) on {c.dataset}: "
+        f"{len(run.train)} train / {len(run.test)} test examples, "
+        f"{run.params_inference:,} inference parameters ({run.params_total:,} with local "
+        f"heads), {run.steps_per_epoch} steps per epoch, {run.mesh.size} device(s) in "
+        f"{jax.process_count()} process(es)" + resumed
+    )
+
+
+def _with_conv_wgrad(step_fn: Callable, choice: str) -> Callable:
+    """The train step, traced inside `shifted_wgrad_convs` when `choice` asks for it.
+
+    XLA:CPU computes a 3×3 conv's weight gradient ~10× slower than its forward pass
+    (README, Performance); shifted matmuls give the same gradient ~2× faster per VGG step.
+    `auto` uses them on the CPU backend only, where that gap was measured; on other
+    backends it keeps XLA's convolution.
+    """
+
+    def step(*args):
+        with conv_wgrad_context(choice):
+            return step_fn(*args)
+
+    return step
+
+
+def _train_and_evaluate_epoch(run: _Run, state, epoch: int):
+    """One epoch's updates, then the test set; returns (state, metrics.jsonl record)."""
+    config = run.config
+    start = time.perf_counter()
+    batches = sampling.epoch_order(
+        run.train.labels,
+        config.batch_size,
+        config.seed,
+        epoch,
+        config.get("classes_per_batch", 0),
+        config.get("classes_per_batch_until_epoch", 0),
+    )
+    train_images, train_labels, test_images, test_labels = run.device_data
+    state, totals, run.step_count = _train_epoch(
+        run.train_fn,
+        state,
+        (train_images, train_labels),
+        batches,
+        run.mesh,
+        run.step_count,
+        config.sync_every,
+        f"epoch {epoch}",
+        run.workdir,
+        show_progress=config.progress_bar and run.primary,
+    )
+    train_seconds = time.perf_counter() - start
+    lr = epoch_learning_rate(config.lr, tuple(config.milestones), epoch, config.lr_decay)
+    record = {"epoch": epoch, "lr": lr}
+    record.update(summarize_metrics(totals, prefix="train_", percent=True))
+    test_sums = _evaluate(
+        run.eval_fn,
+        state,
+        test_images,
+        test_labels,
+        config.eval_batch_size,
+        config.sync_every,
+        run.mesh,
+    )
+    record.update(summarize_metrics(test_sums, prefix="test_", percent=True))
+    record["train_seconds"] = train_seconds
+    record["epoch_seconds"] = time.perf_counter() - start
+    return state, record
+
+
+def _record_and_save(run: _Run, state, epoch: int, record: dict[str, Any]) -> None:
+    """Writes the epoch's metrics line, then (on a checkpoint epoch) the checkpoint."""
+    config = run.config
+    run.history.append(record)
+    save = epoch % config.checkpoint_every == 0 or epoch == config.epochs
+    host_state = jax.device_get(state) if save else None
+    if save:  # the losses were finite, but the last update may not be
+        check_state_finite(host_state, run.step_count, f"epoch {epoch}", run.workdir)
+    if run.primary:
+        run.writer.write(record)  # before the checkpoint: a resume trims later lines
+        if save:
+            meta = {
+                "epoch": epoch,
+                "step": run.step_count,
+                "data_order": {"seed": config.seed, "next_epoch": epoch + 1},
+                "config": trajectory_config(config),
+            }
+            run.ckpt.save(epoch, host_state, meta)
+    local = " ".join(f"{record[k]:.2f}" for k in record if k.startswith("local_error/"))
+    run.say(
+        f"epoch {epoch:3d}  lr {record['lr']:.2e}  "
+        f"train loss {record['train_loss']:.4f} error {record['train_error']:.2f}%  "
+        f"test loss {record['test_loss']:.4f} error {record['test_error']:.2f}%  "
+        f"local errors [{local}]  {record['epoch_seconds']:.1f}s"
+    )
+
+
+def _train_epoch(
+    train_fn, state, data, batches, mesh, step_count, sync_every, name, workdir, show_progress
+):
+    """Runs one epoch's steps; returns (state, metric sums, step count).
+
+    Every `sync_every` steps the queued metrics are fetched and each step's losses are
+    checked, so a non-finite loss is reported with its exact step (and batch) number.
+    """
+    from tqdm import tqdm  # only the full run draws a progress bar
+
+    first, totals, window = step_count + 1, {}, []
+
+    def check(step, metrics):
+        where = f"{name}, batch {step - first + 1} of {len(batches)}"
+        check_finite(metrics, step, where, workdir)
+
+    for idx in tqdm(batches, desc=name, leave=False, disable=not show_progress):
+        idx = sharding_lib.put_batch(np.asarray(idx, np.int32), mesh)
+        state, metrics = train_fn(state, *data, idx)
+        step_count += 1
+        window.append((step_count, metrics))
+        if len(window) == sync_every:
+            drain(window, totals, check)
+    drain(window, totals, check)
+    return state, totals, step_count
+
+
+def _evaluate(eval_fn, state, images, labels, batch_size: int, sync_every: int, mesh):
+    totals: dict[str, float] = {}
+    window: list = []
+    n = labels.shape[0]
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n), dtype=np.int32)
+        window.append((start, eval_fn(state, images, labels, sharding_lib.put_batch(idx, mesh))))
+        if len(window) == sync_every:
+            drain(window, totals)
+    drain(window, totals)
+    return totals
+
+
+def _write_summary(run: _Run) -> dict[str, Any]:
+    config, history = run.config, run.history
+    summary = {
+        "config": config.to_dict(),
+        "params_inference": run.params_inference,
+        "params_total": run.params_total,
+        "epochs": config.epochs,
+        "final_test_error": history[-1]["test_error"] if history else None,
+        "final_train_error": history[-1]["train_error"] if history else None,
+        "published_error": config.get("published_error", None),
+        "jax_backend": jax.default_backend(),
+        "num_devices": run.mesh.size,
+        "num_processes": jax.process_count(),
+        "resumed_from_epoch": run.last_epoch,
+        "steps": run.step_count,
+        "train_seconds": time.perf_counter() - run.start,
+    }
+    if run.primary:
+        with open(os.path.join(run.workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+    return summary
