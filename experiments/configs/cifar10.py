@@ -9,40 +9,42 @@ or several, measured against the paper:
 
     python -m experiments.reproduce --dataset=cifar10 --rows='mlp_*' --root=runs/repro
 
-Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Published test
-errors (%), Nøkland & Eidnes 2019 (results.tsv):
+Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Test error (%):
+published (Nøkland & Eidnes 2019, results.tsv) and localjax's own, measured at the
+final epoch (docs/results.md), with the run's wall time:
 
-| row                      | published |
-| ------------------------ | --------- |
-| mlp_backprop             | 33.56     |
-| mlp_pred                 | 32.33     |
-| mlp_sim                  | 33.48     |
-| mlp_predsim              | 30.93     |
-| vgg8b_backprop           | 5.99      |
-| vgg8b_pred               | 8.40      |
-| vgg8b_sim                | 7.16      |
-| vgg8b_predsim            | 5.58      |
-| vgg11b_backprop          | 5.56      |
-| vgg11b_pred              | 8.39      |
-| vgg11b_sim               | 6.70      |
-| vgg11b_predsim           | 5.30      |
-| vgg11b_x2_backprop       | 4.91      |
-| vgg11b_x2_pred           | 7.30      |
-| vgg11b_x2_sim            | 6.66      |
-| vgg11b_x2_predsim        | 4.42      |
-| vgg11b_x3_backprop       | 5.02      |
-| vgg11b_x3_pred           | 7.37      |
-| vgg11b_x3_sim            | 9.34      |
-| vgg11b_x3_predsim        | 3.97      |
-| vgg11b_x3_predsim_cutout | 3.60      |
-| vgg8b_pred_bio           | -         |
-| vgg8b_sim_bio            | -         |
-| vgg8b_predsim_bio        | -         |
-| vgg8b_x2_predsim_bio     | -         |
+| row                      | published | localjax     | wall time |
+| ------------------------ | --------- | ------------ | --------- |
+| mlp_backprop             | 33.56     | not run here |           |
+| mlp_pred                 | 32.33     | not run here |           |
+| mlp_sim                  | 33.48     | not run here |           |
+| mlp_predsim              | 30.93     | not run here |           |
+| vgg8b_backprop           | 5.99      | not run here |           |
+| vgg8b_pred               | 8.40      | not run here |           |
+| vgg8b_sim                | 7.16      | not run here |           |
+| vgg8b_predsim            | 5.58      | not run here |           |
+| vgg11b_backprop          | 5.56      | not run here |           |
+| vgg11b_pred              | 8.39      | not run here |           |
+| vgg11b_sim               | 6.70      | not run here |           |
+| vgg11b_predsim           | 5.30      | not run here |           |
+| vgg11b_x2_backprop       | 4.91      | not run here |           |
+| vgg11b_x2_pred           | 7.30      | not run here |           |
+| vgg11b_x2_sim            | 6.66      | not run here |           |
+| vgg11b_x2_predsim        | 4.42      | not run here |           |
+| vgg11b_x3_backprop       | 5.02      | not run here |           |
+| vgg11b_x3_pred           | 7.37      | not run here |           |
+| vgg11b_x3_sim            | 9.34      | not run here |           |
+| vgg11b_x3_predsim        | 3.97      | not run here |           |
+| vgg11b_x3_predsim_cutout | 3.60      | not run here |           |
+| vgg8b_pred_bio           | -         | not run here |           |
+| vgg8b_sim_bio            | -         | not run here |           |
+| vgg8b_predsim_bio        | -         | not run here |           |
+| vgg8b_x2_predsim_bio     | -         | not run here |           |
 
 All rows: Adam, batch 128, 400 epochs, lr x 0.25 after epochs 200, 300, 350, 375.
 The `_bio` rows are the backprop-free variant (METHOD.md, Backprop-free variant);
 results.tsv has no error for them.
+No row of this dataset has been run with localjax yet.
 """
 
 from experiments.configs.recipe import build, table

@@ -9,36 +9,38 @@ or several, measured against the paper:
 
     python -m experiments.reproduce --dataset=cifar100 --rows='mlp_*' --root=runs/repro
 
-Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Published test
-errors (%), Nøkland & Eidnes 2019 (results.tsv):
+Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Test error (%):
+published (Nøkland & Eidnes 2019, results.tsv) and localjax's own, measured at the
+final epoch (docs/results.md), with the run's wall time:
 
-| row                | published |
-| ------------------ | --------- |
-| mlp_backprop       | 62.57     |
-| mlp_pred           | 58.87     |
-| mlp_sim            | 62.46     |
-| mlp_predsim        | 56.88     |
-| vgg8b_backprop     | 26.24     |
-| vgg8b_pred         | 29.32     |
-| vgg8b_sim          | 32.64     |
-| vgg8b_predsim      | 24.07     |
-| vgg11b_backprop    | 25.18     |
-| vgg11b_pred        | 29.58     |
-| vgg11b_sim         | 30.82     |
-| vgg11b_predsim     | 24.05     |
-| vgg11b_x2_backprop | 23.44     |
-| vgg11b_x2_pred     | 26.91     |
-| vgg11b_x2_sim      | 28.03     |
-| vgg11b_x2_predsim  | 21.20     |
-| vgg11b_x3_backprop | 23.69     |
-| vgg11b_x3_pred     | 25.90     |
-| vgg11b_x3_sim      | 28.01     |
-| vgg11b_x3_predsim  | 20.13     |
+| row                | published | localjax     | wall time |
+| ------------------ | --------- | ------------ | --------- |
+| mlp_backprop       | 62.57     | not run here |           |
+| mlp_pred           | 58.87     | not run here |           |
+| mlp_sim            | 62.46     | not run here |           |
+| mlp_predsim        | 56.88     | not run here |           |
+| vgg8b_backprop     | 26.24     | not run here |           |
+| vgg8b_pred         | 29.32     | not run here |           |
+| vgg8b_sim          | 32.64     | not run here |           |
+| vgg8b_predsim      | 24.07     | not run here |           |
+| vgg11b_backprop    | 25.18     | not run here |           |
+| vgg11b_pred        | 29.58     | not run here |           |
+| vgg11b_sim         | 30.82     | not run here |           |
+| vgg11b_predsim     | 24.05     | not run here |           |
+| vgg11b_x2_backprop | 23.44     | not run here |           |
+| vgg11b_x2_pred     | 26.91     | not run here |           |
+| vgg11b_x2_sim      | 28.03     | not run here |           |
+| vgg11b_x2_predsim  | 21.20     | not run here |           |
+| vgg11b_x3_backprop | 23.69     | not run here |           |
+| vgg11b_x3_pred     | 25.90     | not run here |           |
+| vgg11b_x3_sim      | 28.01     | not run here |           |
+| vgg11b_x3_predsim  | 20.13     | not run here |           |
 
 All rows: Adam, batch 128, 400 epochs, lr x 0.25 after epochs 200, 300, 350, 375.
 The sim/predsim rows use the classes-per-batch sampler (20 classes per batch until
 epoch 200). results.tsv lists 27.3M parameters for the MLP, the CIFAR-10 count; with
 100 outputs it has 27.5M.
+No row of this dataset has been run with localjax yet.
 """
 
 from experiments.configs.recipe import build, table

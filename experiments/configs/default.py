@@ -1,4 +1,5 @@
-"""Base configuration shared by every recipe; fields documented inline.
+"""Base configuration shared by every recipe; fields documented inline (docs/experiments.md
+says how to run and override them).
 
 python -m experiments.train --config=experiments/configs/default.py --workdir=/tmp/run
 """
@@ -15,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train_limit = 0  # use only the first N training examples; 0 = all
     c.test_limit = 0  # evaluate on the first N test examples only; 0 = all (quick runs)
     # network
-    c.model = "mlp"  # mlp | vgg8b | vgg11b | ...
+    c.model = "mlp"  # mlp | vgg8b | vgg11b | ... | resnet18 ... resnet152 | wresnet28-10 | ...
     c.loss = "predsim"  # pred | sim | predsim | backprop
     c.num_layers = 3
     c.num_hidden = 1024
@@ -28,12 +29,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.target_proj_size = 128
     c.unsup = "none"  # none | sim | recon
     c.alpha = 0.0
+    c.similarity_std = True  # False: the reference's --no-similarity-std
+    c.pre_act = False  # ResNets: pre-activation units (the reference's --pre-act)
     c.detach = True  # False: deep supervision
     c.dtype = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
     # conv weight gradients: auto = shifted matmuls on CPU (~2x faster VGG steps there,
-    # 2x scratch memory), XLA's elsewhere | xla | shifted (README, Performance)
+    # 2x scratch memory), XLA's elsewhere | xla | shifted (docs/performance.md)
     c.conv_wgrad = "auto"
-    # optimisation (Adam, lr x lr_decay at each milestone epoch)
+    # optimisation (lr x lr_decay at each milestone epoch), the reference's --optim switches
+    c.optim = "adam"  # adam | amsgrad | sgd (PyTorch's update rules)
+    c.momentum = 0.0  # sgd only
+    c.weight_decay = 0.0  # PyTorch's: wd * param added to every gradient (BatchNorm included)
     c.lr = 5e-4
     c.lr_decay = 0.25
     c.milestones = (100, 150, 175, 188)
@@ -45,13 +51,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
     c.sync_every = 16  # wait on a step result this often (bounds queued async steps)
     c.cutout_length = 0  # side of the cutout hole in px; 0 = off
+    c.n_holes = 1  # cutout holes per image (the reference's --n_holes)
     # classes-per-batch sampler (CIFAR-100 sim/predsim recipes): batches of about this many
     # distinct classes while epoch <= classes_per_batch_until_epoch (0 = whole run)
     c.classes_per_batch = 0  # 0 = plain shuffling
     c.classes_per_batch_until_epoch = 0
     c.row = ""  # recipe row name (set by the per-dataset config files)
     c.published_error = ml_collections.FieldReference(None, field_type=float)
-    # scale and safety (README.md, "Scaling up")
+    # scale and safety (docs/scaling.md)
     c.num_devices = 0  # devices in the ('data',) mesh; 0 = every device of every process
     c.checkpoint_every = 1  # epochs between checkpoints (one is always written at the end)
     c.keep = 3  # newest checkpoints retained in WORKDIR/checkpoints

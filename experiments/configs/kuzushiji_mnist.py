@@ -9,22 +9,24 @@ or several, measured against the paper:
 
     python -m experiments.reproduce --dataset=kuzushiji_mnist --rows='mlp_*' --root=runs/repro
 
-Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Published test
-errors (%), Nøkland & Eidnes 2019 (results.tsv):
+Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Test error (%):
+published (Nøkland & Eidnes 2019, results.tsv) and localjax's own, measured at the
+final epoch (docs/results.md), with the run's wall time:
 
-| row                  | published |
-| -------------------- | --------- |
-| mlp_backprop         | 5.99      |
-| mlp_pred             | 7.26      |
-| mlp_sim              | 9.80      |
-| mlp_predsim          | 7.33      |
-| vgg8b_backprop       | 1.53      |
-| vgg8b_pred           | 2.22      |
-| vgg8b_sim            | 2.19      |
-| vgg8b_predsim        | 1.36      |
-| vgg8b_predsim_cutout | 0.99      |
+| row                  | published | localjax     | wall time |
+| -------------------- | --------- | ------------ | --------- |
+| mlp_backprop         | 5.99      | not run here |           |
+| mlp_pred             | 7.26      | not run here |           |
+| mlp_sim              | 9.80      | not run here |           |
+| mlp_predsim          | 7.33      | not run here |           |
+| vgg8b_backprop       | 1.53      | not run here |           |
+| vgg8b_pred           | 2.22      | not run here |           |
+| vgg8b_sim            | 2.19      | not run here |           |
+| vgg8b_predsim        | 1.36      | not run here |           |
+| vgg8b_predsim_cutout | 0.99      | not run here |           |
 
 All rows: Adam, batch 128, 100 epochs, lr x 0.25 after epochs 50, 75, 89, 94.
+No row of this dataset has been run with localjax yet.
 """
 
 from experiments.configs.recipe import build, table

@@ -9,19 +9,21 @@ or several, measured against the paper:
 
     python -m experiments.reproduce --dataset=stl10 --rows='vgg8b_*' --root=runs/repro
 
-Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Published test
-errors (%), Nøkland & Eidnes 2019 (results.tsv):
+Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Test error (%):
+published (Nøkland & Eidnes 2019, results.tsv) and localjax's own, measured at the
+final epoch (docs/results.md), with the run's wall time:
 
-| row                  | published |
-| -------------------- | --------- |
-| vgg8b_backprop       | 33.08     |
-| vgg8b_pred           | 26.83     |
-| vgg8b_sim            | 23.15     |
-| vgg8b_predsim        | 20.51     |
-| vgg8b_predsim_cutout | 19.25     |
+| row                  | published | localjax     | wall time |
+| -------------------- | --------- | ------------ | --------- |
+| vgg8b_backprop       | 33.08     | not run here |           |
+| vgg8b_pred           | 26.83     | not run here |           |
+| vgg8b_sim            | 23.15     | not run here |           |
+| vgg8b_predsim        | 20.51     | not run here |           |
+| vgg8b_predsim_cutout | 19.25     | not run here |           |
 
 All rows: Adam, batch 128, 400 epochs, lr x 0.25 after epochs 200, 300, 350, 375.
 96 px input: the first conv is 7x7, stride 2, padding 3.
+No row of this dataset has been run with localjax yet.
 """
 
 from experiments.configs.recipe import build, table

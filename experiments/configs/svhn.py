@@ -9,19 +9,21 @@ or several, measured against the paper:
 
     python -m experiments.reproduce --dataset=svhn --rows='vgg8b_*' --root=runs/repro
 
-Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Published test
-errors (%), Nøkland & Eidnes 2019 (results.tsv):
+Row names: {model}[_x{feat_mult}]_{loss}[_bio][_cutout] (see recipe.py). Test error (%):
+published (Nøkland & Eidnes 2019, results.tsv) and localjax's own, measured at the
+final epoch (docs/results.md), with the run's wall time:
 
-| row                  | published |
-| -------------------- | --------- |
-| vgg8b_backprop       | 2.29      |
-| vgg8b_pred           | 2.12      |
-| vgg8b_sim            | 1.89      |
-| vgg8b_predsim        | 1.74      |
-| vgg8b_predsim_cutout | 1.65      |
+| row                  | published | localjax     | wall time |
+| -------------------- | --------- | ------------ | --------- |
+| vgg8b_backprop       | 2.29      | not run here |           |
+| vgg8b_pred           | 2.12      | not run here |           |
+| vgg8b_sim            | 1.89      | not run here |           |
+| vgg8b_predsim        | 1.74      | not run here |           |
+| vgg8b_predsim_cutout | 1.65      | not run here |           |
 
 All rows: Adam, batch 128, 100 epochs, lr x 0.25 after epochs 50, 75, 89, 94.
 Train set = train + extra (METHOD.md).
+No row of this dataset has been run with localjax yet.
 """
 
 from experiments.configs.recipe import build, table
