@@ -128,3 +128,21 @@ def config_flags(config) -> list[str]:
                 value = f"({value},)" if "," not in value else f"({value})"
             flags.append(f"--config.{key}={value}")
     return flags
+
+
+def nan_rate_from_update(monkeypatch, first_nan_update: int) -> None:
+    """Makes the training loop's optimizer Adam whose learning rate is NaN from update
+    number `first_nan_update` (0-based): a non-finite update injected where a config
+    cannot ask for one (a NaN lr or lr_decay is refused up front)."""
+    import jax.numpy as jnp
+    import optax
+
+    from localjax.training import loop
+
+    monkeypatch.setattr(
+        loop,
+        "make_optimizer",
+        lambda *_, **__: optax.adam(
+            lambda count: jnp.where(count >= first_nan_update, jnp.nan, 1e-3)
+        ),
+    )

@@ -1,6 +1,7 @@
 """Checkpoints and resume: a run killed at any point (even inside a checkpoint write)
-resumes to exactly the metrics of an uninterrupted run; a non-finite loss stops the run
-naming its step and block and keeps the last good checkpoint."""
+resumes to exactly the metrics (and TensorBoard events) of an uninterrupted run; a
+non-finite loss stops the run naming its step and block and keeps the last good
+checkpoint. More faults around resuming: test_resume_faults.py."""
 
 import os
 import random
@@ -10,11 +11,10 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from conftest import cli, make_tiny_config, read_records
+from conftest import cli, make_tiny_config, nan_rate_from_update, read_records
+from test_resume_faults import assert_events_match_metrics
 
 from localjax.training import loop as train
 from localjax.training.checkpoints import Checkpointer
@@ -104,6 +104,7 @@ def test_resume_after_sigkill_at_a_random_point_equals_an_uninterrupted_run(
     assert resumed["resumed_from_epoch"] >= 2
     assert read_records(tmp_path) == read_records(reference_dir)
     assert resumed["steps"] == reference["steps"]
+    assert_events_match_metrics(tmp_path)  # TensorBoard: each epoch's scalars, once
 
 
 def test_a_kill_inside_a_checkpoint_write_leaves_a_resumable_workdir(uninterrupted, tmp_path):
@@ -127,15 +128,9 @@ def test_a_kill_inside_a_checkpoint_write_leaves_a_resumable_workdir(uninterrupt
     assert resumed["resumed_from_epoch"] == 1
     assert read_records(tmp_path / "run") == read_records(reference_dir)
     assert not any("tmp" in e for e in os.listdir(tmp_path / "run" / "checkpoints"))
-
-
-def nan_rate_from_update(monkeypatch, first_nan_update: int) -> None:
-    """Adam whose learning rate is NaN from update number `first_nan_update` (0-based)."""
-    monkeypatch.setattr(
-        train,
-        "make_optimizer",
-        lambda *_: optax.adam(lambda count: jnp.where(count >= first_nan_update, jnp.nan, 1e-3)),
-    )
+    # the killed run wrote epoch 2's scalars before the kill; the resumed run trained
+    # epoch 2 again: TensorBoard holds it once, as metrics.jsonl does
+    assert_events_match_metrics(tmp_path / "run")
 
 
 def test_a_non_finite_loss_names_step_and_block_and_keeps_the_last_good_checkpoint(

@@ -4,6 +4,7 @@ Usage::
 
     with MetricWriter(workdir) as writer:
         writer.write({"epoch": 1, "test_error": 14.2, "local_error/block_0": 20.1})
+    MetricWriter(workdir, append=True, history=kept)   # resumed: events rebuilt from `kept`
 
     tensorboard --logdir WORKDIR      # scalars test_error, local_error/block_0, ...
 
@@ -22,6 +23,7 @@ import numbers
 import os
 import uuid
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["MetricWriter", "tensorboard_available"]
@@ -73,12 +75,23 @@ class MetricWriter:
         `workdir`, so TensorBoard does not mix two runs.
       tensorboard: also write TensorBoard event files (needs tensorboardX; without it a
         one-time warning is issued and only the JSON lines are written).
+      history: with `append`, the records metrics.jsonl keeps (`resume.resumed_history`):
+        the event files are rewritten from them (one new file; the old ones, which may
+        hold a killed run's partial epoch or epochs trained past its checkpoint, are
+        removed), so TensorBoard shows exactly what metrics.jsonl holds. None: the
+        earlier event files are kept as they are.
 
     Raises:
       OSError: if `workdir` does not exist or is not writable.
     """
 
-    def __init__(self, workdir: str, append: bool = False, tensorboard: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        append: bool = False,
+        tensorboard: bool = True,
+        history: Sequence[dict[str, Any]] | None = None,
+    ):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._file = open(self.path, "a" if append else "w")
         self._tb = None
@@ -86,12 +99,19 @@ class MetricWriter:
         if tensorboard:
             writer_cls = _summary_writer_class()
             if writer_cls is not None:
+                old = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
                 if not append:
-                    for old in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
-                        os.remove(old)
+                    _remove(old)
                 # a unique suffix: a resumed run started within the same second must not
                 # overwrite the earlier event file (tensorboardX names files by time)
                 self._tb = writer_cls(logdir=workdir, filename_suffix=f".{uuid.uuid4().hex[:8]}")
+                if append and history is not None:
+                    # the events of `history` anew, then the old files (a killed run's
+                    # partial epochs and epochs it trained past the checkpoint) go
+                    for record in history:
+                        self._write_scalars(record)
+                    self._tb.flush()
+                    _remove(old)
 
     def write(self, record: dict[str, Any]) -> None:
         """Writes one epoch's record.
@@ -106,6 +126,10 @@ class MetricWriter:
         self._file.flush()
         if self._tb is None:
             return
+        self._write_scalars(record)
+        self._tb.flush()
+
+    def _write_scalars(self, record: dict[str, Any]) -> None:
         step = record.get("epoch", self._next_step)
         step = int(step) if isinstance(step, numbers.Real) else self._next_step
         self._next_step = step + 1
@@ -114,7 +138,6 @@ class MetricWriter:
                 continue
             if math.isfinite(float(value)):
                 self._tb.add_scalar(key, float(value), global_step=step)
-        self._tb.flush()
 
     def close(self) -> None:
         """Closes the JSON file and the event file (idempotent)."""
@@ -129,3 +152,11 @@ class MetricWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _remove(paths: Sequence[str]) -> None:
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
