@@ -4,7 +4,8 @@ Nøkland & Eidnes (2019), Sec. 2.3: every block has its own local loss, a β-mix
 prediction loss (pooled linear decoder) and the similarity matching loss; the graph is
 cut between blocks, so each block learns from its own local error signal only. Here the
 blocks are ordinary Flax modules (a conv stem and two residual units) wrapped with
-`LocalBlock`; training uses the library's fused step with any optax optimizer.
+`LocalBlock` and put in a `LocalNetwork`; training uses the library's fused step with any
+optax optimizer.
 
     python examples/custom_resnet.py                    # Fashion-MNIST, 300 steps, Adam
     python examples/custom_resnet.py --optimizer=sgd    # SGD + momentum, cosine, clipping
@@ -71,30 +72,26 @@ def max_pool(x):
     return nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, H, W, C] -> [B, H/2, W/2, C]
 
 
-class ResNet(nn.Module):
+def resnet(head: lj.HeadConfig, widths: tuple[int, int] = (16, 32)) -> lj.LocalNetwork:
     """stem → res_1 → pool → res_2 → pool → output layer, each block with local heads.
 
-    `head` is a model attribute, so `make_train_step` weights the output cross-entropy
-    by 1 − β in predsim mode (`lj.output_loss_weight`), as the paper does.
+    `LocalNetwork` cuts the graph before every block (each learns from its own local
+    loss) and before the output layer, and `make_train_step` takes each block's gradient
+    inside the forward sweep, so memory stays flat in depth. `output_weight` = 1 − β
+    weights the output cross-entropy as the paper does in predsim mode.
     """
-
-    head: lj.HeadConfig
-    widths: tuple[int, int] = (16, 32)
-
-    @nn.compact
-    def __call__(self, x, labels=None, *, train: bool = False):
-        w1, w2 = self.widths
-        layers = [
-            lj.LocalBlock(ConvUnit(w1), head=self.head, first_layer=True, name="stem"),
-            lj.LocalBlock(ResidualUnit(w1), head=self.head, name="res_1"),
+    w1, w2 = widths
+    return lj.LocalNetwork(
+        layers=(
+            lj.LocalBlock(ConvUnit(w1), head=head, first_layer=True, name="stem"),
+            lj.LocalBlock(ResidualUnit(w1), head=head, name="res_1"),
             max_pool,
-            lj.LocalBlock(ResidualUnit(w2), head=self.head, name="res_2"),
+            lj.LocalBlock(ResidualUnit(w2), head=head, name="res_2"),
             max_pool,
-        ]
-        # cuts the graph before every block: each learns from its own local loss
-        h, local = lj.apply_blocks(layers, x, labels, train=train, detach=True)
-        logits = lj.OutputLayer(self.head.num_classes, zero_init=True, name="output")(lj.cut(h))
-        return logits, local
+        ),
+        output=lj.OutputLayer(head.num_classes, zero_init=True),
+        output_weight=1.0 - head.beta,
+    )
 
 
 # ---------------------------------------------------------------- the optimizer
@@ -156,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     train, test, spec = load_data(args)
     head = lj.HeadConfig("predsim", num_classes=spec.num_classes, beta=0.99, dim_in_decoder=1024)
-    model = ResNet(head, widths=(4, 8) if args.smoke else (16, 32))
+    model = resnet(head, widths=(4, 8) if args.smoke else (16, 32))
     tx = make_tx(args.optimizer, lr, args.steps)
 
     def preprocess(images, key):  # inside the jitted step: crop, flip, normalise

@@ -9,8 +9,8 @@ Usage::
 
 A thin wrapper of `localjax.perf.benchmark` (flags and printing). For one configuration it
 compiles the real train step (with the dataset's augmentation as training runs it, on
-uint8 images held on the device), then reports: compile seconds, the median step time over `--steps` timed
-steps after `--warmup` untimed ones, examples/s, model FLOPs per step (matmuls and
+uint8 images held on the device), then reports: compile seconds, the median step time over
+`--steps` timed steps after `--warmup` untimed ones, examples/s, model FLOPs per step (matmuls and
 convolutions counted from the architecture, see `model_flops`) beside XLA's own count
 (`cost_analysis()`), the achieved GFLOP/s, the machine's matmul peak measured in the
 same run (median of `--peak_size`² matmuls in `--dtype`), their ratio, and the compiled

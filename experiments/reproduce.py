@@ -33,6 +33,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from localjax.errors import ConfigError, DatasetError, TrainingError
+
 __all__ = [
     "DATASETS",
     "select_rows",
@@ -78,7 +80,7 @@ _PROGRESS = flags.DEFINE_bool("progress_bar", False, "Show a per-epoch progress 
 # ---------------------------------------------------------------- rows and configs
 def _config_module(dataset: str):
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}.")
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}.")
     return importlib.import_module(f"experiments.configs.{dataset}")
 
 
@@ -93,15 +95,15 @@ def select_rows(dataset: str, patterns: list[str]) -> list[str]:
       list of row names (non-empty).
 
     Raises:
-      ValueError: for an unknown dataset, or a pattern that matches no row (the message
-        lists the rows).
+      ConfigError (a ValueError): for an unknown dataset, or a pattern that matches no row
+        (the message lists the rows).
     """
     rows = list(_config_module(dataset).ROWS)
     chosen = []
     for pattern in patterns:
         hits = fnmatch.filter(rows, pattern)
         if not hits:
-            raise ValueError(f"--rows={pattern!r} matches no {dataset} row; rows are {rows}.")
+            raise ConfigError(f"--rows={pattern!r} matches no {dataset} row; rows are {rows}.")
         chosen += [r for r in hits if r not in chosen]
     return [r for r in rows if r in chosen]
 
@@ -136,7 +138,8 @@ def row_config(
       An `ml_collections.ConfigDict`.
 
     Raises:
-      ValueError: unknown dataset, row or config field.
+      ConfigError (a ValueError): unknown dataset or config field; ValueError: unknown
+        row (from the config file).
     """
     config = _config_module(dataset).get_config(row)
     if epochs:
@@ -147,7 +150,7 @@ def row_config(
         config.data_dir = data_dir
     for key, value in (overrides or {}).items():
         if key not in config:
-            raise ValueError(f"unknown config field {key!r} in --set; fields are {list(config)}.")
+            raise ConfigError(f"unknown config field {key!r} in --set; fields are {list(config)}.")
         if isinstance(config[key], tuple) and isinstance(value, list):
             value = tuple(value)
         config[key] = value
@@ -352,10 +355,12 @@ def run_rows(
       list of "row: message" strings for the rows that failed (empty when all ran).
 
     Raises:
-      ValueError: unknown dataset, row or override field (before anything runs).
+      ConfigError (a ValueError): unknown dataset or override field, or a root that
+        cannot be written (before anything runs). A row's own ConfigError, DatasetError
+        or TrainingError is reported and the next row runs; any other exception is a bug
+        and propagates.
     """
     from localjax.training import loop as train_lib  # jax is only needed when training
-    from localjax.data import DatasetError
 
     configs = {
         row: row_config(
@@ -379,7 +384,7 @@ def run_rows(
         start = time.time()
         try:
             train_lib.train_and_evaluate(config, workdir)
-        except (DatasetError, train_lib.TrainingError, ValueError) as e:
+        except (ConfigError, DatasetError, TrainingError) as e:
             failures.append(f"{row}: {e}")
             print(f"[{row}] failed: {e}", file=sys.stderr, flush=True)
             continue
@@ -403,8 +408,9 @@ def main(argv):
         for item in _SET.value:
             key, sep, value = item.partition("=")
             if not sep:
-                raise ValueError(f"--set expects KEY=VALUE; got {item!r}.")
+                raise ConfigError(f"--set expects KEY=VALUE; got {item!r}.")
             overrides[key.strip()] = _parse_value(value.strip())
+        _check_root(os.path.join(_ROOT.value, dataset))
         failures = []
         if not _TABULATE_ONLY.value:
             failures = run_rows(
@@ -418,8 +424,8 @@ def main(argv):
                 rerun=_RERUN.value,
                 progress_bar=_PROGRESS.value,
             )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ConfigError as e:  # any other exception is a bug and keeps its traceback
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         sys.exit(1)
     table = _write_results(dataset, _ROOT.value, tabulate(dataset, rows, _ROOT.value))
     print(table)
@@ -427,6 +433,13 @@ def main(argv):
     if failures:
         print("failed rows:\n  " + "\n  ".join(failures), file=sys.stderr)
         sys.exit(1)
+
+
+def _check_root(directory: str) -> None:
+    """ConfigError if ROOT/DATASET cannot be created or written (before any row runs)."""
+    from localjax.training.config import check_workdir  # imports jax
+
+    check_workdir(directory, what="results directory", flag="--root")
 
 
 if __name__ == "__main__":

@@ -238,10 +238,11 @@ class LocalNetwork(nn.Module):
 
 def output_loss_weight(model: nn.Module) -> float:
     """Weight of the output layer's cross-entropy: the network's `output_weight` (1 − β
-    for the paper's predsim networks, `bio` included), else 1.
+    for the paper's predsim networks, `bio` included); for another module, 1 − β when its
+    `head` attribute is a predsim `HeadConfig`, else 1.
 
     Args:
-      model: a `LocalNetwork` (any object; one without `output_weight` gets 1).
+      model: a `LocalNetwork`, or any module (one with neither attribute gets 1).
 
     Returns:
       Python float in [0, 1].
@@ -251,7 +252,13 @@ def output_loss_weight(model: nn.Module) -> float:
 
     Implements the output loss weight (METHOD.md, Local losses: output layer).
     """
-    return float(getattr(model, "output_weight", 1.0))
+    if hasattr(model, "output_weight"):
+        return float(model.output_weight)
+    # a model of your own with a `head` attribute: the paper's rule from its head
+    head = getattr(model, "head", None)
+    if head is not None and head.loss == "predsim":
+        return 1.0 - head.beta
+    return 1.0
 
 
 def count_params(params: Any) -> tuple[int, int]:

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from localjax.models import build_model
 from localjax.perf.flops import dense_matmuls, model_flops
 from localjax.perf.matmul_timing import matmul_ceiling_gflops
-from localjax.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {

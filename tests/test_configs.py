@@ -11,8 +11,8 @@ import pytest
 
 from experiments.configs import recipe
 from localjax import data as data_lib
-from localjax.training import loop as train_lib
 from localjax.network import count_params
+from localjax.training import config as train_config
 
 # dataset -> (image size, channels, classes) per METHOD.md's data table
 DATASETS = {
@@ -114,7 +114,7 @@ def test_published_errors_match_results_tsv():
 
 
 def _abstract_init(config, size, channels, classes):
-    model = train_lib._model_from_config(config, classes)
+    model = train_config.model_from_config(config, classes)
     x = jax.ShapeDtypeStruct((2, size, size, channels), jnp.float32)
     y = jax.ShapeDtypeStruct((2,), jnp.int32)
 

@@ -10,9 +10,7 @@ import pytest
 from test_readers import write_cifar_batch, write_dataset, write_idx
 
 from localjax import data
-from localjax.data import loading
-from localjax.data import tfds_source
-from localjax.data import DatasetError
+from localjax.data import DatasetError, loading, tfds_source
 from localjax.models import build_model
 
 # METHOD.md, "Data": size, channels, classes, crop padding, flip, mean, std

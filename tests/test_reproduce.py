@@ -9,8 +9,8 @@ import struct
 import pytest
 
 from experiments import plot, reproduce
-from localjax.training import metric_writer
 from localjax.data import DEBIAN_FASHION_MNIST
+from localjax.training import metric_writer
 from localjax.training.metric_writer import MetricWriter
 
 
@@ -113,6 +113,45 @@ def test_tabulate_only_cli_writes_results_without_training(tmp_path, monkeypatch
     md = open(os.path.join(root, "fashion_mnist", "results.md")).read()
     assert "| mlp_pred | 2/2 | 8.50 | 8.60 | -0.10 |" in md
     assert "mlp_pred" in capsys.readouterr().out
+
+
+def test_run_rows_reports_a_rows_user_error_and_lets_a_bug_through(tmp_path, monkeypatch):
+    from localjax import ConfigError, DatasetError, TrainingError
+    from localjax.training import loop
+
+    errors = {
+        "mlp_pred": ConfigError("lr=-1 must be > 0"),
+        "mlp_sim": DatasetError("files missing"),
+        "mlp_predsim": TrainingError("non-finite loss"),
+    }
+
+    def fake_train(config, workdir):
+        if config.row in errors:
+            raise errors[config.row]
+        raise ValueError("a bug")  # not a user's mistake: it must keep its traceback
+
+    monkeypatch.setattr(loop, "train_and_evaluate", fake_train)
+    rows = ["mlp_pred", "mlp_sim", "mlp_predsim"]
+    failures = reproduce.run_rows("fashion_mnist", rows, str(tmp_path))
+    assert failures == [f"{row}: {errors[row]}" for row in rows]
+    with pytest.raises(ValueError, match="a bug"):
+        reproduce.run_rows("fashion_mnist", ["mlp_backprop"], str(tmp_path))
+
+
+def test_cli_refuses_a_root_it_cannot_write_in_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    from absl import flags
+
+    flags.FLAGS(["reproduce", "--dataset=fashion_mnist", f"--root={tmp_path / 'file'}"])
+    try:
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(["reproduce"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: results directory") and "\n" not in err
+    assert "file is a file, not a directory. Pass another --root." in err
 
 
 # ---------------------------------------------------------------- TensorBoard, plots

@@ -11,9 +11,9 @@ import optax
 import pytest
 from conftest import read_records
 
+from localjax.models import build_model
 from localjax.training import loop as train
 from localjax.training import sharding
-from localjax.models import build_model
 from localjax.training.state import TrainState
 from localjax.training.steps import make_train_step
 

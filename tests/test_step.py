@@ -1,11 +1,13 @@
 """The per-block fused step equals the plain single-gradient step, and stays flat in memory."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import localjax as lj
 from localjax.models import build_model
 from localjax.training.optimizer import make_optimizer
 from localjax.training.state import create_train_state
@@ -134,6 +136,39 @@ def test_multi_step_equals_repeated_steps():
 
 def _temp_bytes(make, loss, depth, width=256, batch=64):
     model = build_model("mlp", 10, loss, num_layers=depth, num_hidden=width)
+    return _model_temp_bytes(model, make, batch)
+
+
+def test_local_step_memory_is_flat_in_depth():
+    """DESIGN.md: local learning holds about one block's activations. The reference
+    step keeps every block's (it grows), the fused one must not (<= 1.3x)."""
+    fused = [_temp_bytes(make_train_step, "predsim", d) for d in (2, 8)]
+    ref = [_temp_bytes(make_reference_train_step, "predsim", d) for d in (2, 8)]
+    assert fused[1] <= 1.3 * fused[0], fused
+    assert ref[1] > 1.5 * ref[0], ref  # the growth the restructure removes
+
+
+class _DenseUnit(nn.Module):
+    """A user's own unit: Dense -> BatchNorm -> relu, to be wrapped in a LocalBlock."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = nn.Dense(self.features)(x.reshape(x.shape[0], -1))
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+        return nn.relu(h)
+
+
+def _composed(depth, width=256):
+    head = lj.HeadConfig("predsim", num_classes=10)
+    blocks = tuple(
+        lj.LocalBlock(_DenseUnit(width), head=head, name=f"unit_{i}") for i in range(depth)
+    )
+    return lj.LocalNetwork(layers=blocks, output=lj.OutputLayer(10, zero_init=True))
+
+
+def _model_temp_bytes(model, make, batch=64):
     tx = optax.sgd(0.1)
     x = jax.ShapeDtypeStruct((batch, 8, 8, 1), jnp.float32)
     y = jax.ShapeDtypeStruct((batch,), jnp.int32)
@@ -144,13 +179,30 @@ def _temp_bytes(make, loss, depth, width=256, batch=64):
     return step.lower(state, x, y).compile().memory_analysis().temp_size_in_bytes
 
 
-def test_local_step_memory_is_flat_in_depth():
-    """DESIGN.md: local learning holds about one block's activations. The reference
-    step keeps every block's (it grows), the fused one must not (<= 1.3x)."""
-    fused = [_temp_bytes(make_train_step, "predsim", d) for d in (2, 8)]
-    ref = [_temp_bytes(make_reference_train_step, "predsim", d) for d in (2, 8)]
-    assert fused[1] <= 1.3 * fused[0], fused
-    assert ref[1] > 1.5 * ref[0], ref  # the growth the restructure removes
+def test_a_user_composed_network_gets_the_memory_flat_step():
+    """A LocalNetwork of the user's own LocalBlocks takes the per-block step: its compiled
+    memory grows from 2 to 16 blocks like the built-in MLP's, not like backprop's."""
+    mlp = [
+        _model_temp_bytes(
+            build_model("mlp", 10, "predsim", num_layers=d, num_hidden=256), make_train_step
+        )
+        for d in (2, 16)
+    ]
+    user = [_model_temp_bytes(_composed(d), make_train_step) for d in (2, 16)]
+    backprop = [
+        _model_temp_bytes(
+            build_model("mlp", 10, "backprop", num_layers=d, num_hidden=256), make_train_step
+        )
+        for d in (2, 16)
+    ]
+    assert user[1] / user[0] <= 1.1 * mlp[1] / mlp[0], (user, mlp)
+    assert user[1] <= 1.3 * user[0], user
+    assert backprop[1] > 3 * backprop[0], backprop  # what a plain step of 16 blocks costs
+    # and the per-block step computes what the plain single-gradient step computes
+    model, tx = _composed(3, width=32), optax.sgd(0.05)
+    fused, _ = _run(make_train_step, model, tx, steps=2)
+    ref, _ = _run(make_reference_train_step, model, tx, steps=2)
+    _assert_tree_close(fused.params, ref.params, rtol=1e-6, atol=1e-7)
 
 
 def test_conv_shifted_wgrad_matches_xla_gradients():

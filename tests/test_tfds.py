@@ -21,9 +21,11 @@ pytest.importorskip(
 
 from test_readers import write_dataset  # noqa: E402
 
-from localjax import data
-from localjax.data import tfds_source  # noqa: E402
-from localjax.data import DatasetError  # noqa: E402
+from localjax import data  # noqa: E402
+from localjax.data import (  # noqa: E402
+    DatasetError,
+    tfds_source,
+)
 
 NAMES = sorted(data.SPECS)
 N = 6  # mock examples per TFDS split

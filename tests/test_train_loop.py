@@ -1,6 +1,7 @@
 """The training loop end to end: same seed -> same metrics; bfloat16 compute really runs in
 bfloat16 (parameters stay float32) and lands near float32 on real Fashion-MNIST."""
 
+import math
 import os
 
 import jax
@@ -9,8 +10,8 @@ import pytest
 from conftest import make_tiny_config, read_records
 
 from localjax import data
-from localjax.training import loop as train
 from localjax.models import build_model
+from localjax.training import loop as train
 from localjax.training.optimizer import make_optimizer
 from localjax.training.state import create_train_state
 from localjax.training.steps import make_train_step
@@ -86,6 +87,26 @@ def test_bfloat16_fashion_mnist_lands_within_half_a_point_of_float32(tmp_path):
         (dict(lr=-1.0), r"lr=-1.0 and lr_decay=.* must be > 0"),
         (dict(num_hidden=0), r"num_hidden=0 >= 1"),
         (dict(classes_per_batch=20), r"classes_per_batch=20 exceeds fashion_mnist's 10 classes"),
+        (dict(lr=float("nan")), r"lr=nan and lr_decay=0.25 must be > 0 and finite"),
+        (dict(lr_decay=float("inf")), r"lr_decay=inf must be > 0 and finite"),
+        (dict(milestones=("abc",)), r"milestones=\('abc',\) must be a tuple of epochs >= 1"),
+        (dict(milestones=(0, 2)), r"milestones=\(0, 2\) must be a tuple of epochs >= 1"),
+        (dict(seed=-1), r"seed=-1 must be an integer >= 0"),
+        (dict(classes_per_batch=-1), r"classes_per_batch=-1 must be >= 0"),
+        (dict(cutout_length=-4), r"cutout_length=-4 must be >= 0"),
+        (dict(batch_size=1), r"batch_size=1 with loss=predsim: the similarity matrix"),
+        (dict(batch_size=1, loss="sim", bio=True), r"batch_size=1 with loss=sim"),
+        (dict(batch_size=1, loss="pred", unsup="sim", alpha=0.5), r"batch_size=1 with unsup=sim"),
+        (dict(train_limit=129), r"train_limit=129 with batch_size=16 leaves 1 example"),
+        (dict(train_limit=1), r"train_limit=1 with batch_size=16 .* Use train_limit >= 2"),
+        (dict(model="vgg8b", feat_mult=0.0), r"feat_mult=0.0 leaves vgg8b's narrowest conv"),
+        (dict(loss="simpred"), r"unknown loss 'simpred'"),
+        (dict(nonlin="tanh"), r"unknown nonlinearity 'tanh'"),
+        (dict(beta=1.5), r"beta and alpha must be in \[0, 1\]"),
+        (dict(momentum=0.9), r"momentum=0.9 applies to optim='sgd' only"),
+        (dict(optim="sgd", weight_decay=-1e-4), r"weight_decay=-0.0001 must be >= 0"),
+        (dict(optim="adagrad"), r"unknown optim 'adagrad'"),
+        (dict(n_holes=0), r"n_holes=0 must be >= 1"),
     ],
 )
 def test_nonsense_settings_are_refused_before_training(tiny_config, tmp_path, overrides, message):
@@ -98,6 +119,37 @@ def test_a_workdir_that_is_a_file_is_refused(tiny_config, tmp_path):
     (tmp_path / "run").write_text("")
     with pytest.raises(ValueError, match=r"is a file, not a directory"):
         train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+    with pytest.raises(train.ConfigError, match=r"run/sub cannot be created: .*run is a file"):
+        train.train_and_evaluate(tiny_config(), str(tmp_path / "run" / "sub"))
+
+
+def test_a_last_batch_of_one_trains_with_pred(tiny_config, tmp_path):
+    """Only sim/predsim refuse it: pred learns from one example (BatchNorm zeroes a dense
+    block's output then, so only the heads and BatchNorm offsets move), and stays finite."""
+    config = tiny_config(loss="pred", train_limit=17, epochs=1, num_devices=1)
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert summary["steps"] == 2  # 16 + 1
+    assert math.isfinite(read_records(tmp_path)[0]["train_loss"])
+
+
+def test_the_reference_switches_train_and_change_the_trajectory(tiny_config, tmp_path):
+    """optim/momentum/weight_decay and n_holes reach the step: each run differs from the
+    default run on the same data and seed, and trains finite."""
+    base = dict(train_limit=64, epochs=1, num_devices=1, cutout_length=8)
+    runs = {
+        "default": {},
+        "sgd": dict(optim="sgd", momentum=0.9, weight_decay=5e-4, lr=0.05),
+        "amsgrad": dict(optim="amsgrad"),
+        "holes": dict(n_holes=3),
+    }
+    losses = {}
+    for name, overrides in runs.items():
+        config = tiny_config(**base, **overrides)
+        train.train_and_evaluate(config, str(tmp_path / name))
+        losses[name] = read_records(tmp_path / name)[0]["train_objective"]
+        assert math.isfinite(losses[name]), (name, losses)
+    for name in ("sgd", "amsgrad", "holes"):
+        assert losses[name] != losses["default"], (name, losses)
 
 
 def test_an_unknown_conv_wgrad_is_refused(tiny_config, tmp_path):
@@ -132,3 +184,18 @@ def test_conv_wgrad_choice_reaches_the_traced_step():
         jaxprs[choice] = str(jax.make_jaxpr(step)(state, x, y))
     assert jaxprs["xla"] != jaxprs["shifted"]
     assert jaxprs["auto"] == jaxprs["shifted"]
+
+
+def test_config_switches_reach_the_model(tiny_config):
+    """`similarity_std` (the reference's --no-similarity-std) and `pre_act` (--pre-act)
+    are config fields that the built network carries."""
+    from localjax.training.config import model_from_config
+
+    net = model_from_config(tiny_config(model="vgg6a", similarity_std=False), 10)
+    convs = [layer for name, layer in net.named_layers() if name and "conv" in name]
+    assert convs and all(layer.head.similarity_std is False for layer in convs)
+    plain = model_from_config(tiny_config(model="resnet18", feat_mult=1 / 16), 10)
+    pre = model_from_config(tiny_config(model="resnet18", feat_mult=1 / 16, pre_act=True), 10)
+    pre_blocks = [layer for name, layer in pre.named_layers() if name]
+    assert any(getattr(b, "pre_act", False) for b in pre_blocks)
+    assert not any(getattr(b, "pre_act", False) for name, b in plain.named_layers() if name)

@@ -8,9 +8,9 @@ import optax
 import pytest
 
 from localjax import losses
-from localjax.ops.feedback import fa_matmul
 from localjax.heads import HeadConfig, LocalHead
 from localjax.models import build_model
+from localjax.ops.feedback import fa_matmul
 from localjax.training.state import create_train_state
 from localjax.training.steps import make_train_step
 

@@ -33,8 +33,8 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from localjax.data import readers, tfds_source
-from localjax.data.specs import SPECS, DatasetSpec, get_spec
+from localjax.data import fingerprint, readers, tfds_source
+from localjax.data.specs import MNIST_IDX, DatasetSpec, get_spec
 from localjax.errors import ConfigError, DatasetError
 
 __all__ = ["Dataset", "SOURCES", "load", "default_data_dir", "cache_path", "DEBIAN_FASHION_MNIST"]
@@ -148,7 +148,7 @@ def _layout(spec: DatasetSpec) -> readers.FileLayout:
     layout = readers.LAYOUTS[spec.file_format]
     if spec.file_format == "idx":
         layout = dataclasses.replace(
-            layout, subdir=spec.name, files=readers.idx_files(spec.idx_prefix or _MNIST_IDX)
+            layout, subdir=spec.name, files=readers.idx_files(spec.idx_prefix or MNIST_IDX)
         )
     return layout
 
@@ -244,7 +244,9 @@ def load(
     Raises:
       ConfigError (a ValueError): unknown dataset, split or source.
       DatasetError: files missing (says where it looked and how to get them), corrupt or
-        truncated, labels outside [0, K), images of the wrong shape, or TFDS unavailable.
+        truncated, labels outside [0, K), images of the wrong shape, another dataset's
+        published files (`fingerprint.check_published`; files that differ from the
+        dataset's published ones only log a warning), or TFDS unavailable.
     """
     spec = get_spec(name)
     data_dir = os.path.expanduser(data_dir) if data_dir else None
@@ -259,7 +261,10 @@ def load(
         paths = readers.find_files(layout, split, dirs)
         if paths is not None:
             images, labels = readers.read_files(layout, paths)
-            return _validated(spec, images, labels, os.path.dirname(paths[0]))
+            ds = _validated(spec, images, labels, os.path.dirname(paths[0]))
+            if spec.file_format == "idx":  # warns on modified files, refuses another set's
+                fingerprint.check_published(spec.name, split, paths, ds)
+            return ds
         if source == "files":
             raise DatasetError(_missing_message(spec, split, dirs, _tfds_hint(spec)))
 

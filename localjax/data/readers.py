@@ -27,6 +27,7 @@ import dataclasses
 import gzip
 import os
 import pickle
+import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -58,6 +59,22 @@ _IDX_DTYPES = {
 }
 
 
+# Debian packages that install dataset files (`apt-get install --reinstall` restores them)
+_DEBIAN_PACKAGES = {"/usr/share/datasets/fashion-mnist": "dataset-fashion-mnist"}
+
+
+def _refetch_hint(path: str) -> str:
+    """How to get a good copy of a damaged data file: re-download, or reinstall its package."""
+    directory = os.path.dirname(os.path.abspath(path))
+    package = _DEBIAN_PACKAGES.get(directory)
+    if package:
+        return (
+            f"Reinstall the Debian package that ships it: `apt-get install --reinstall "
+            f"{package}` (or re-download the file elsewhere and point data_dir there)."
+        )
+    return "Re-download the file (docs/datasets.md says where from)."
+
+
 def read_idx(path: str) -> np.ndarray:
     """Reads an IDX file (the MNIST family's format), gzip-compressed or raw.
 
@@ -71,33 +88,48 @@ def read_idx(path: str) -> np.ndarray:
       labels `[N]`).
 
     Raises:
-      DatasetError: if the file is missing, its magic number is not IDX, or its size
-        does not match the header.
+      DatasetError: if the file is missing or unreadable, a `.gz` file is not a valid
+        gzip stream (truncated or damaged; the message says how to get it again), its
+        magic number is not IDX, or its size does not match the header.
     """
     if not os.path.exists(path):
         raise DatasetError(f"IDX file not found: {path}")
-    opener = gzip.open if path.endswith(".gz") else open
+    compressed = path.endswith(".gz")
     try:
-        with opener(path, "rb") as f:
+        with (gzip.open if compressed else open)(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:  # truncated or not gzip
-        raise DatasetError(f"cannot read {path}: {e}. Re-download the file.") from e
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # cut short, damaged, not gzip
+        kind = "zlib.error" if isinstance(e, zlib.error) else type(e).__name__
+        raise DatasetError(
+            f"cannot read {path}: the file is corrupt, not a valid gzip stream ({kind}: {e}); "
+            "it was cut short or damaged, e.g. by an interrupted download. "
+            f"{_refetch_hint(path)}"
+        ) from e
+    except OSError as e:  # permissions, a directory, an I/O error: not the file's content
+        raise DatasetError(
+            f"cannot read {path}: {e.strerror or e}. Check that it is a readable file."
+        ) from e
+    if not raw:
+        raise DatasetError(
+            f"{path} is empty{' once decompressed' if compressed else ''}: it was cut short, "
+            f"e.g. by an interrupted download. {_refetch_hint(path)}"
+        )
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DatasetError(
             f"{path} is not an IDX file (bad magic number {raw[:4].hex()}); "
-            "expected 0x0000 then a type code and the number of dimensions. Re-download it."
+            f"expected 0x0000 then a type code and the number of dimensions. {_refetch_hint(path)}"
         )
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DatasetError(f"{path} is truncated inside its header. Re-download it.")
+        raise DatasetError(f"{path} is truncated inside its header. {_refetch_hint(path)}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         raise DatasetError(
             f"{path} has {len(raw)} bytes but its header {shape} needs {expected}: "
-            "the file is truncated or corrupt. Re-download it."
+            f"the file is truncated or corrupt. {_refetch_hint(path)}"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 __all__ = ["epoch_batches", "epoch_order", "class_batches", "classes_per_batch_active"]
 
 
@@ -51,7 +50,6 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> 
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(num_examples).astype(np.int32)
     return [order[i : i + batch_size] for i in range(0, num_examples, batch_size)]
-
 
 
 def classes_per_batch_active(classes_per_batch: int, until_epoch: int, epoch: int) -> bool:

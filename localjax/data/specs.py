@@ -13,7 +13,7 @@ import dataclasses
 
 from localjax.errors import ConfigError
 
-__all__ = ["DatasetSpec", "SPECS", "get_spec"]
+__all__ = ["DatasetSpec", "SPECS", "MNIST_IDX", "get_spec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class DatasetSpec:
     train_splits: tuple[str, ...] = ("train",)
 
 
-_MNIST_IDX = ("train", "t10k")
+MNIST_IDX = ("train", "t10k")  # file-name prefixes of the MNIST-format IDX files
 SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         "mnist",
@@ -64,7 +64,7 @@ SPECS: dict[str, DatasetSpec] = {
         (0.1307,),
         (0.3081,),
         crop_padding=2,
-        idx_prefix=_MNIST_IDX,
+        idx_prefix=MNIST_IDX,
         tfds_name="mnist",
     ),
     "fashion_mnist": DatasetSpec(
@@ -76,7 +76,7 @@ SPECS: dict[str, DatasetSpec] = {
         (0.353,),
         crop_padding=2,
         flip=True,
-        idx_prefix=_MNIST_IDX,
+        idx_prefix=MNIST_IDX,
         tfds_name="fashion_mnist",
     ),
     "kuzushiji_mnist": DatasetSpec(
@@ -86,7 +86,7 @@ SPECS: dict[str, DatasetSpec] = {
         10,
         (0.1904,),
         (0.3475,),
-        idx_prefix=_MNIST_IDX,
+        idx_prefix=MNIST_IDX,
         tfds_name="kmnist",
     ),
     "cifar10": DatasetSpec(

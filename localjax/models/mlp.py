@@ -16,6 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from localjax.blocks import LocalDense
+from localjax.errors import ConfigError
 from localjax.heads import HeadConfig
 from localjax.network import LocalNetwork, OutputLayer
 
@@ -37,8 +38,13 @@ def dense_blocks(
       A list of unbound `LocalDense` (input `[B, ...]`, output `[B, num_hidden]`).
 
     Raises:
-      Nothing of its own.
+      ConfigError: `num_layers` < 0, or `num_hidden` < 1 with at least one block.
     """
+    if num_layers < 0 or (num_layers > 0 and num_hidden < 1):
+        raise ConfigError(
+            f"num_layers={num_layers} must be >= 0 and num_hidden={num_hidden} >= 1 (the "
+            "paper's MLP: num_layers=3, num_hidden=1024)."
+        )
     return [
         LocalDense(
             num_hidden,
@@ -112,7 +118,8 @@ def MLP(  # noqa: N802 -- the paper's name, and the class name of earlier versio
       `(logits [B, K] float32, local)`.
 
     Raises:
-      Nothing at build time; ConfigError for an unknown `nonlin` when first applied.
+      ConfigError: `num_layers` < 0 or `num_hidden` < 1 (at build time); an unknown
+        `nonlin` (when first applied).
 
     Implements the MLP (METHOD.md, Network: the MLP is `num_layers` dense blocks).
     """

@@ -11,6 +11,7 @@ Letters: B batch, H/W spatial size, C channels (NHWC), K classes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -120,12 +121,21 @@ def VGG(  # noqa: N802 -- the paper's name, and the class name of earlier versio
       `(logits [B, K] float32, local)`.
 
     Raises:
-      ConfigError: an unknown `config` or `nonlin` (the latter when first applied).
+      ConfigError: an unknown `config`, a `feat_mult` that leaves a conv block 0 channels
+        wide, `num_layers` < 0 or `num_hidden` < 1 with dense blocks, or an unknown
+        `nonlin` (the latter when first applied).
 
     Implements the VGG networks (METHOD.md, Network: VGG configs; inputs > 64 px).
     """
     if config not in VGG_CONFIGS:
         raise ConfigError(f"unknown VGG config {config!r}; choose one of {list(VGG_CONFIGS)}.")
+    narrowest = min(item for item in VGG_CONFIGS[config] if item != "M")
+    if not (math.isfinite(feat_mult) and int(narrowest * feat_mult) >= 1):
+        raise ConfigError(
+            f"feat_mult={feat_mult} leaves {config}'s narrowest conv block ({narrowest} "
+            f"channels x feat_mult) without a channel; use a finite feat_mult >= "
+            f"1/{narrowest} (the paper: 1, or 2 for the x2 rows)."
+        )
     layers: list[Any] = []
     for i, item in enumerate(VGG_CONFIGS[config]):
         if item == "M":

@@ -36,7 +36,7 @@ def conv_shifted_wgrad(x: jax.Array, w: jax.Array) -> jax.Array:
     The value and the input gradient are XLA's (`lax.conv_general_dilated` and its
     transpose); only the weight gradient is computed differently, as
     dW[i, j] = x_shifted(i, j)ᵀ · dy over the k×k offsets: on XLA:CPU this ran ~9x
-    faster than XLA's own weight-gradient convolution (README.md, "Performance"). Same math,
+    faster than XLA's own weight-gradient convolution (docs/performance.md). Same math,
     float32 summation order differs (relative error ~1e-7).
 
     Args:
@@ -155,7 +155,7 @@ def conv_wgrad_context(choice: str):
     Raises:
       ConfigError: `choice` is not in `CONV_WGRADS`.
 
-    An engineering option (DESIGN.md, modules: `experiments/benchmark.py`); it changes no
+    An engineering option (docs/performance.md); it changes no
     math of METHOD.md.
     """
     if choice not in CONV_WGRADS:

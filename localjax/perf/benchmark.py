@@ -159,8 +159,12 @@ def benchmark(
     # the peak's matmuls alternate with the steps, so both see the same machine load
     measure_peak = peak_gflops is None
     if measure_peak:
-        a = jax.random.normal(jax.random.key(1), (peak_size, peak_size)).astype(COMPUTE_DTYPES[dtype])
-        b = jax.random.normal(jax.random.key(2), (peak_size, peak_size)).astype(COMPUTE_DTYPES[dtype])
+        a = jax.random.normal(jax.random.key(1), (peak_size, peak_size)).astype(
+            COMPUTE_DTYPES[dtype]
+        )
+        b = jax.random.normal(jax.random.key(2), (peak_size, peak_size)).astype(
+            COMPUTE_DTYPES[dtype]
+        )
         mm = jax.jit(jnp.dot).lower(a, b).compile()
         jax.block_until_ready(mm(a, b))
     times, peak_times = [], []

@@ -163,7 +163,7 @@ def dense_matmuls(
             ops.append((f"{role} input grad", b, n, k, "nt"))
 
     i = 0
-    for block, in_shape, out_shape, first in _walk(model, image_shape):
+    for block, in_shape, _, first in _walk(model, image_shape):
         d_in = math.prod(in_shape)
         if block is None:
             layer("output", d_in, model.output.num_classes, input_grad=not cut)

@@ -47,7 +47,7 @@ def matmul_peak_gflops(size: int = 2048, dtype: Any = jnp.float32, reps: int = 1
     Raises:
       Nothing of its own (a non-positive `size` fails in `jax.random.normal`).
 
-    The "matmul peak" of the benchmark (DESIGN.md, modules: `experiments/benchmark.py`).
+    The "matmul peak" of the benchmark (docs/performance.md).
     """
     a = jax.random.normal(jax.random.key(1), (size, size), jnp.float32).astype(dtype)
     b = jax.random.normal(jax.random.key(2), (size, size), jnp.float32).astype(dtype)
@@ -89,7 +89,7 @@ def matmul_ceiling_gflops(
     Raises:
       ValueError: `ops` is empty or a layout is not in `localjax.flops.MATMUL_LAYOUTS`.
 
-    A yardstick for the benchmark (DESIGN.md, modules: `experiments/benchmark.py`).
+    A yardstick for the benchmark (docs/performance.md).
     """
     if not ops:
         raise ValueError("matmul_ceiling_gflops needs at least one matmul.")

@@ -11,19 +11,33 @@ The fields are those of `experiments/configs/default.py`.
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import tempfile
 
 from localjax.data import get_spec
 from localjax.errors import ConfigError
 from localjax.models import build_model, compute_dtype
 from localjax.network import LocalNetwork
 from localjax.ops.conv_wgrad import conv_wgrad_context
+from localjax.torch_defaults import activation
+from localjax.training.optimizer import make_optimizer
 
-__all__ = ["validate", "model_from_config"]
+__all__ = ["validate", "check_workdir", "model_from_config"]
+
+# losses that compare the examples of a batch with each other (the similarity matrix)
+_SIMILARITY_LOSSES = ("sim", "predsim")
 
 
 def validate(config, workdir: str) -> None:
     """Refuses settings that would train nonsense, before any data is loaded.
+
+    Checks the loop's counts and limits, dropout, lr and lr_decay (> 0, finite), layer
+    widths, classes_per_batch, cutout_length, seed, milestones (whole epochs >= 1), a
+    sim/predsim batch of one example (batch_size=1, or a train_limit leaving one example
+    over), conv_wgrad, dtype and nonlin names, the network itself (`model_from_config`:
+    unknown model or loss, head values, a conv width of 0 from feat_mult) and that the
+    workdir can be created and written (`check_workdir`). Creates nothing.
 
     Args:
       config: the run's `ml_collections.ConfigDict` (experiments/configs/default.py).
@@ -61,10 +75,156 @@ def validate(config, workdir: str) -> None:
             f"classes_per_batch={config.classes_per_batch} exceeds {config.dataset}'s "
             f"{num_classes} classes; use at most {num_classes} (0 = plain shuffling)."
         )
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"workdir {workdir} is a file, not a directory; pass a directory.")
+    if config.get("classes_per_batch", 0) < 0:
+        raise ConfigError(
+            f"classes_per_batch={config.classes_per_batch} must be >= 0 (0 = plain shuffling)."
+        )
+    if config.get("cutout_length", 0) < 0:
+        raise ConfigError(f"cutout_length={config.cutout_length} must be >= 0 (0 = no cutout).")
+    seed = config.get("seed", 0)
+    if not _is_whole(seed) or seed < 0:
+        raise ConfigError(f"seed={seed!r} must be an integer >= 0.")
+    _check_milestones(config.get("milestones", ()))
+    _check_batch_of_one(config)
     conv_wgrad_context(config.get("conv_wgrad", "auto"))  # refuses an unknown choice early
     compute_dtype(config.get("dtype", "float32"))
+    activation(config.get("nonlin", "relu"))  # applied only when first traced
+    model_from_config(config, num_classes)  # unknown model/loss, head values, widths of 0
+    make_optimizer(  # unknown optim, momentum with Adam, a negative weight decay
+        config.lr,
+        tuple(config.milestones),
+        1,
+        config.get("lr_decay", 0.25),
+        optim=config.get("optim", "adam"),
+        momentum=config.get("momentum", 0.0),
+        weight_decay=config.get("weight_decay", 0.0),
+    )
+    if config.get("n_holes", 1) < 1:
+        raise ConfigError(f"n_holes={config.n_holes} must be >= 1 (cutout holes per image).")
+    check_workdir(workdir)
+
+
+def _is_whole(value) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_milestones(milestones) -> None:
+    """Milestones are whole epochs >= 1 (a tuple; `--config.milestones='(100,150)'`)."""
+    ok = isinstance(milestones, (tuple, list)) and all(_is_whole(m) and m >= 1 for m in milestones)
+    if not ok:
+        raise ConfigError(
+            f"milestones={milestones!r} must be a tuple of epochs >= 1 after which lr is "
+            "multiplied by lr_decay, e.g. --config.milestones='(100,150)' (or '()' for none)."
+        )
+
+
+def _similarity_term(config) -> str | None:
+    """The setting that compares a batch's examples with each other, or None."""
+    loss, unsup = config.loss, config.get("unsup", "none")
+    if loss in _SIMILARITY_LOSSES:
+        return f"loss={loss}"
+    return "unsup=sim" if loss != "backprop" and unsup == "sim" else None
+
+
+def _check_batch_of_one(config) -> None:
+    """sim and predsim compare a batch's examples with each other: one example is no batch.
+
+    The similarity matrix of one example is the constant [[1]], and a dense block's
+    BatchNorm normalises a single example to zeros, so such a step teaches the block
+    nothing; on a fresh network (BatchNorm offsets still 0) the centred block output is 0
+    and the gradient of its norm is NaN (measured: `batch_size=1` predsim turns NaN at
+    step 2). A batch_size of 1 is refused, and so is a `train_limit` that leaves a last
+    batch of one example each epoch (the loop keeps the last partial batch; mid-run such a
+    step stays finite but wasted, as the first step of an epoch of one example it is NaN).
+    The full training split's size is known only once loaded: `check_last_batch` then.
+    """
+    what = _similarity_term(config)
+    if what is None:
+        return
+    batch, limit = config.batch_size, config.get("train_limit", 0)
+    if batch == 1:
+        raise ConfigError(
+            f"batch_size=1 with {what}: the similarity matrix of a single example is "
+            "constant, so the local loss cannot learn from it (and such a step can turn the "
+            "weights NaN). Use batch_size >= 2 (the paper: 128)."
+        )
+    if limit:
+        check_last_batch(config, limit)
+
+
+def check_last_batch(config, num_examples: int) -> None:
+    """Refuses an epoch whose last batch holds one example under a similarity loss.
+
+    `validate` checks it for a `train_limit`; the loop again once the training split is
+    loaded (its size is known only then).
+
+    Args:
+      config: the run's config (`loss`, `unsup`, `batch_size`, `train_limit`).
+      num_examples: N, the examples one epoch visits.
+
+    Raises:
+      ConfigError: N % batch_size == 1 with loss sim/predsim (or unsup=sim).
+    """
+    what = _similarity_term(config)
+    batch, limit = config.batch_size, config.get("train_limit", 0)
+    if what is None or num_examples % batch != 1:
+        return
+    if limit and limit == num_examples:
+        fix = f"train_limit={limit - 1} or {limit + 1}" if limit > 1 else "train_limit >= 2"
+        where = f"train_limit={limit}"
+    else:
+        fix = f"batch_size={batch + 1}, or train_limit={num_examples - 1}"
+        where = f"the {num_examples} training examples"
+    raise ConfigError(
+        f"{where} with batch_size={batch} leaves 1 example for the last "
+        f"batch of every epoch, and {what} cannot learn from a single example (its "
+        f"similarity matrix is constant). Use {fix}, or another batch_size."
+    )
+
+
+def check_workdir(workdir: str, what: str = "workdir", flag: str = "--workdir") -> None:
+    """Refuses a workdir that cannot be created or written, before anything runs.
+
+    Creates nothing: an existing workdir gets a probe file, else the nearest existing
+    parent a probe directory (both removed at once). Permission bits alone would not do:
+    root passes `os.access` on read-only places such as /proc.
+
+    Args:
+      workdir: the run's output directory (need not exist).
+      what, flag: how the message names the directory and the flag that sets it.
+
+    Raises:
+      ConfigError: the workdir is a file, lies under a file, or cannot be created or
+        written; the message names the path, the reason and the fix.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"{what} {workdir} is a file, not a directory; pass a directory.")
+    path = os.path.abspath(workdir)
+    existing = path
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        if os.path.lexists(existing):
+            raise ConfigError(
+                f"{what} {workdir} cannot be created: {existing} is a broken symbolic link. "
+                f"Remove it or pass another {flag}."
+            )
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(
+            f"{what} {workdir} cannot be created: {existing} is a file, not a directory. "
+            f"Pass another {flag}."
+        )
+    try:
+        if existing == path:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".localjax-probe-"):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".localjax-probe-"))
+    except OSError as e:
+        verb = "written" if existing == path else f"created (in {existing})"
+        raise ConfigError(
+            f"{what} {workdir} cannot be {verb}: {e.strerror or e}. Pass a {flag} you can write to."
+        ) from e
 
 
 def model_from_config(config, num_classes: int) -> LocalNetwork:
@@ -95,6 +255,8 @@ def model_from_config(config, num_classes: int) -> LocalNetwork:
         target_proj_size=config.get("target_proj_size", 128),
         unsup=config.get("unsup", "none"),
         alpha=config.get("alpha", 0.0),
+        similarity_std=config.get("similarity_std", True),
+        pre_act=config.get("pre_act", False),
         detach=config.get("detach", True),
         dtype=config.get("dtype", "float32"),
     )

@@ -16,7 +16,10 @@ owns the loop around them:
 - `WORKDIR/metrics.jsonl`: one line per epoch; for a seed every value but the wall-clock
   `epoch_seconds` (`TIMING_KEYS`) is identical from run to run, resumed or not;
 - `WORKDIR/checkpoints/<epoch>`: every `checkpoint_every` epochs and at the end, the last
-  `keep` retained; a workdir holding one is resumed from it, continuing metrics.jsonl;
+  `keep` retained; a workdir holding one is resumed from the newest that reads (on the
+  same data: its fingerprint is recorded), continuing metrics.jsonl and rewriting the
+  TensorBoard events from it;
+- `WORKDIR/run.lock`: held for the run, so a second run in the same workdir stops at once;
 - process 0 alone writes files and prints.
 """
 
@@ -33,22 +36,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 
 from localjax import data as data_lib
-from localjax.data import sampling
+from localjax.data import fingerprint, sampling
 from localjax.errors import ConfigError, DatasetError, TrainingError
 from localjax.network import LocalNetwork, count_params
 from localjax.objective import summarize_metrics
 from localjax.ops.conv_wgrad import conv_wgrad_context
 from localjax.training import sharding as sharding_lib
 from localjax.training.checkpoints import Checkpointer
-from localjax.training.config import model_from_config, validate
+from localjax.training.config import check_last_batch, model_from_config, validate
 from localjax.training.metric_writer import MetricWriter
 from localjax.training.metrics import TIMING_KEYS, check_finite, check_state_finite, drain
 from localjax.training.optimizer import epoch_learning_rate, make_optimizer
 from localjax.training.resume import RESUMABLE_CHANGES, restore, resumed_history, trajectory_config
 from localjax.training.state import TrainState, create_train_state
 from localjax.training.steps import make_eval_step, make_train_step
+from localjax.training.workdir_lock import WorkdirLock
 
 __all__ = [
     "train_and_evaluate",
@@ -86,13 +92,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       and process counts, the epoch resumed from, this invocation's training seconds).
 
     Raises:
-      ConfigError (a ValueError): unknown dataset, model, loss, dtype or conv_wgrad; batch_size or eval_batch_size
-        below 1 or not divisible by the device count; a negative train/test limit; dropout
-        outside [0, 1); a non-positive lr or lr_decay; num_hidden < 1; classes_per_batch above
-        the dataset's class count; a workdir that is a file; a workdir checkpoint of a
-        different run.
-      DatasetError: missing or corrupt data files.
-      TrainingError: a non-finite loss (no checkpoint of that epoch is written).
+      ConfigError (a ValueError): unknown dataset, model, loss, dtype or conv_wgrad;
+        batch_size or eval_batch_size below 1 or not divisible by the device count; a
+        negative train/test limit; dropout outside [0, 1); a non-positive lr or lr_decay;
+        num_hidden < 1; classes_per_batch above the dataset's class count; a workdir that
+        is a file; a workdir checkpoint of a different run, of other data, of a model of
+        other shapes, or with no readable checkpoint (an unreadable newest one is moved
+        aside and an older one resumed).
+      DatasetError: missing or corrupt data files, or another dataset's files.
+      TrainingError: a non-finite loss (no checkpoint of that epoch is written), another
+        run holding the workdir, a full disk while writing metrics or a checkpoint.
     """
     run = _setup(config, workdir)
     state = run.state
@@ -100,9 +109,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         for epoch in range(run.last_epoch + 1, config.epochs + 1):
             state, record = _train_and_evaluate_epoch(run, state, epoch)
             _record_and_save(run, state, epoch, record)
-    finally:
-        run.close()
-    return _write_summary(run)
+        summary = _write_summary(run)  # still holding the workdir's lock
+    except BaseException:
+        run.close(quiet=True)  # a failing close must not hide why the run stopped
+        raise
+    run.close()
+    return summary
 
 
 @dataclasses.dataclass
@@ -123,6 +135,9 @@ class _Run:
     ckpt: Checkpointer | None
     last_epoch: int
     step_count: int
+    lock: WorkdirLock | None = None
+    data_fingerprint: dict | None = None  # process 0: recorded in each checkpoint
+    checkpoint_epoch: int = 0  # the newest checkpoint in the workdir (0: none)
     state: Any = None
     device_data: tuple = ()
     train_fn: Callable | None = None
@@ -135,11 +150,26 @@ class _Run:
         if self.primary:
             print(message, flush=True)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.ckpt is not None:
-            self.ckpt.close()
+    def close(self, quiet: bool = False) -> None:
+        """Closes the metrics writer and the checkpointer, then releases the workdir.
+
+        quiet: log (not raise) their errors, while another exception is on its way out.
+        """
+        try:
+            for part in (self.writer, self.ckpt):
+                if part is None:
+                    continue
+                try:
+                    part.close()
+                except Exception as e:
+                    if not quiet:
+                        raise
+                    logging.warning(
+                        "while stopping: closing the %s failed: %s", type(part).__name__, e
+                    )
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 def _setup(config, workdir: str) -> _Run:
@@ -154,19 +184,55 @@ def _setup(config, workdir: str) -> _Run:
     sharding_lib.check_divisible(config.batch_size, mesh, "batch_size")
     sharding_lib.check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
     os.makedirs(workdir, exist_ok=True)
+    primary = sharding_lib.is_primary()
+    lock = _lock_workdir(workdir, primary)
+    try:
+        return _setup_locked(config, workdir, mesh, primary, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _lock_workdir(workdir: str, primary: bool) -> WorkdirLock | None:
+    """Process 0 locks the workdir for the run; every process stops if it cannot."""
+    lock, error = (WorkdirLock(workdir) if primary else None), None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except TrainingError as e:
+            error = e
+    locked = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if error is not None:
+        raise error
+    if not locked:
+        raise TrainingError(f"another run is training in {workdir} (see process 0's log).")
+    return lock
+
+
+def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _Run:
+    """`_setup` once the workdir is locked: data, model, state, restore, compiled steps."""
     spec = data_lib.get_spec(config.dataset)
     train, test = (_load_split(config, split) for split in ("train", "test"))
 
     model = model_from_config(config, spec.num_classes)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    tx = make_optimizer(config.lr, tuple(config.milestones), steps_per_epoch, config.lr_decay)
+    check_last_batch(config, len(train))
+    tx = make_optimizer(
+        config.lr,
+        tuple(config.milestones),
+        steps_per_epoch,
+        config.lr_decay,
+        optim=config.get("optim", "adam"),
+        momentum=config.get("momentum", 0.0),
+        weight_decay=config.get("weight_decay", 0.0),
+    )
     sample = data_lib.normalize(jnp.asarray(train.images[:2]), spec)
     host_state = jax.device_get(
         create_train_state(
             model, tx, jax.random.key(config.seed), sample, jnp.asarray(train.labels[:2])
         )
     )
-    primary = sharding_lib.is_primary()
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep) if primary else None
     run = _Run(
         config=config,
@@ -183,9 +249,16 @@ def _setup(config, workdir: str) -> _Run:
         ckpt=ckpt,
         last_epoch=0,
         step_count=0,
+        lock=lock,
+        data_fingerprint=fingerprint.fingerprints({"train": train, "test": test})
+        if primary
+        else None,
     )
     try:
-        run.last_epoch, host_state = restore(ckpt, host_state, config, workdir)
+        run.last_epoch, host_state = restore(
+            ckpt, host_state, config, workdir, data=run.data_fingerprint, say=run.say
+        )
+        run.checkpoint_epoch = run.last_epoch
         run.step_count = int(host_state.step)
         run.state = sharding_lib.put_replicated(host_state, mesh)
         run.device_data = sharding_lib.put_replicated(
@@ -195,9 +268,14 @@ def _setup(config, workdir: str) -> _Run:
         if primary and run.last_epoch:
             run.history = resumed_history(workdir, run.last_epoch)
         run.say(_banner(run))
-        run.writer = MetricWriter(workdir, append=bool(run.last_epoch)) if primary else None
+        if primary:  # a resume rewrites the TensorBoard events from the kept records
+            run.writer = MetricWriter(
+                workdir,
+                append=bool(run.last_epoch),
+                history=run.history if run.last_epoch else None,
+            )
     except BaseException:
-        run.close()
+        run.close(quiet=True)
         raise
     run.start = time.perf_counter()
     return run
@@ -217,7 +295,11 @@ def _compiled_steps(model, tx, spec, config, mesh) -> tuple[Callable, Callable]:
         model,
         tx,
         preprocess=lambda im, k: data_lib.augment(
-            im, k, spec, cutout_length=config.get("cutout_length", 0)
+            im,
+            k,
+            spec,
+            cutout_length=config.get("cutout_length", 0),
+            n_holes=config.get("n_holes", 1),
         ),
         seed=config.seed,
     )
@@ -286,7 +368,7 @@ def _train_and_evaluate_epoch(run: _Run, state, epoch: int):
         run.step_count,
         config.sync_every,
         f"epoch {epoch}",
-        run.workdir,
+        (run.workdir, run.checkpoint_epoch, config.lr),
         show_progress=config.progress_bar and run.primary,
     )
     train_seconds = time.perf_counter() - start
@@ -315,17 +397,33 @@ def _record_and_save(run: _Run, state, epoch: int, record: dict[str, Any]) -> No
     save = epoch % config.checkpoint_every == 0 or epoch == config.epochs
     host_state = jax.device_get(state) if save else None
     if save:  # the losses were finite, but the last update may not be
-        check_state_finite(host_state, run.step_count, f"epoch {epoch}", run.workdir)
+        check_state_finite(
+            host_state,
+            run.step_count,
+            f"epoch {epoch}",
+            run.workdir,
+            checkpoint_epoch=run.checkpoint_epoch,
+            lr=config.lr,
+        )
     if run.primary:
-        run.writer.write(record)  # before the checkpoint: a resume trims later lines
-        if save:
-            meta = {
-                "epoch": epoch,
-                "step": run.step_count,
-                "data_order": {"seed": config.seed, "next_epoch": epoch + 1},
-                "config": trajectory_config(config),
-            }
-            run.ckpt.save(epoch, host_state, meta)
+        meta = {
+            "epoch": epoch,
+            "step": run.step_count,
+            "data_order": {"seed": config.seed, "next_epoch": epoch + 1},
+            "config": trajectory_config(config),
+            "data": run.data_fingerprint,
+        }
+        try:
+            run.writer.write(record)  # before the checkpoint: a resume trims later lines
+            if save:
+                run.ckpt.save(epoch, host_state, meta)
+        except Exception as e:
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            raise TrainingError(_write_failure(run, epoch, save, cause)) from e
+    if save:
+        run.checkpoint_epoch = epoch
     local = " ".join(f"{record[k]:.2f}" for k in record if k.startswith("local_error/"))
     run.say(
         f"epoch {epoch:3d}  lr {record['lr']:.2e}  "
@@ -335,13 +433,55 @@ def _record_and_save(run: _Run, state, epoch: int, record: dict[str, Any]) -> No
     )
 
 
+def _os_error(error: BaseException) -> BaseException | None:
+    """The OSError (a full disk, a quota, a read-only or vanished file system) that
+    caused `error`, following its causes and contexts; None if there is none.
+
+    Orbax and TensorStore may wrap the OS's error in their own exceptions, so an error
+    whose message carries the OS's text for a full disk or quota counts as well.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            return error
+        if any(text in str(error) for text in ("No space left on device", "Disk quota exceeded")):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _write_failure(run: _Run, epoch: int, save: bool, cause: BaseException) -> str:
+    """The one-line message of a failed write of epoch `epoch`'s metrics or checkpoint."""
+    what = (
+        f"the checkpoint of epoch {epoch} to {run.ckpt.directory}"
+        if save
+        else f"the metrics of epoch {epoch} to {os.path.join(run.workdir, 'metrics.jsonl')}"
+    )
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if run.checkpoint_epoch:
+        kept = (
+            f"The previous checkpoint, of epoch {run.checkpoint_epoch}, is intact (a "
+            "checkpoint is renamed into place only once complete). Free space (or fix the "
+            f"file system) and rerun the same command: it resumes from epoch "
+            f"{run.checkpoint_epoch}."
+        )
+    else:
+        kept = (
+            "No earlier checkpoint exists. Free space (or fix the file system) and rerun "
+            "the same command: it starts over."
+        )
+    return f"cannot write {what}: {reason}. {kept}"
+
+
 def _train_epoch(
-    train_fn, state, data, batches, mesh, step_count, sync_every, name, workdir, show_progress
+    train_fn, state, data, batches, mesh, step_count, sync_every, name, advice, show_progress
 ):
     """Runs one epoch's steps; returns (state, metric sums, step count).
 
     Every `sync_every` steps the queued metrics are fetched and each step's losses are
-    checked, so a non-finite loss is reported with its exact step (and batch) number.
+    checked, so a non-finite loss is reported with its exact step (and batch) number;
+    `advice` is `(workdir, newest checkpoint epoch, lr)` for the message's last part.
     """
     from tqdm import tqdm  # only the full run draws a progress bar
 
@@ -349,7 +489,7 @@ def _train_epoch(
 
     def check(step, metrics):
         where = f"{name}, batch {step - first + 1} of {len(batches)}"
-        check_finite(metrics, step, where, workdir)
+        check_finite(metrics, step, where, *advice)
 
     for idx in tqdm(batches, desc=name, leave=False, disable=not show_progress):
         idx = sharding_lib.put_batch(np.asarray(idx, np.int32), mesh)
@@ -393,6 +533,14 @@ def _write_summary(run: _Run) -> dict[str, Any]:
         "train_seconds": time.perf_counter() - run.start,
     }
     if run.primary:
-        with open(os.path.join(run.workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+        path = os.path.join(run.workdir, "summary.json")
+        try:
+            with open(path, "w") as f:
+                json.dump(summary, f, indent=2, default=str)
+        except OSError as e:
+            raise TrainingError(
+                f"cannot write {path}: {e}. metrics.jsonl and the checkpoint of epoch "
+                f"{run.checkpoint_epoch} are complete; free space (or fix the file system) "
+                "and rerun the same command to write it."
+            ) from e
     return summary
