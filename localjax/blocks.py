@@ -12,6 +12,11 @@ Usage::
 
     block = LocalBlock(MyResidualUnit(64), head=head)   # any Linen module as a block
 
+    # one convolution of a residual unit (`models.resnet`, `models.wide_resnet`): the
+    # activation between its blocks is the pair (h, unit input)
+    conv1 = LocalResConv(64, head=head, keep_input=True)          # x -> (h1, x)
+    conv2 = LocalResConv(64, head=head, shortcut="identity")      # (h1, x) -> relu(bn(conv h1) + x)
+
 A block returns `(out, local)`: `out` is the (dropped-out) activation passed on to the
 next block; `local` is `None` when no labels are given (evaluation, or the backprop
 baseline built with `head=None`), else the dict of `LocalHead` computed on the activation
@@ -37,12 +42,20 @@ from localjax.losses import check_labels
 from localjax.torch_defaults import (
     BN_EPS,
     BN_MOMENTUM,
+    TorchBatchNorm,
     activation,
     torch_bias_init,
     torch_kernel_init,
 )
 
-__all__ = ["LARGE_INPUT", "LocalDense", "LocalConv", "LocalBlock"]
+__all__ = [
+    "LARGE_INPUT",
+    "SHORTCUTS",
+    "LocalDense",
+    "LocalConv",
+    "LocalResConv",
+    "LocalBlock",
+]
 
 LARGE_INPUT = 64  # the reference's first conv goes 7x7 stride 2 above this size (STL-10)
 
@@ -92,13 +105,7 @@ class LocalDense(nn.Module):
             dtype=self.dtype,
             name="dense",
         )(x)
-        h = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPS,
-            dtype=self.dtype,
-            name="bn",
-        )(h)
+        h = _batch_norm(train, self.dtype, "bn")(h)
         h = activation(self.nonlin)(h)
         out = nn.Dropout(self.dropout, deterministic=not train)(h)
         return out, _local_terms(self, h, labels, x)
@@ -176,17 +183,220 @@ class LocalConv(nn.Module):
             dtype=self.dtype,
             name="conv",
         )(x)
-        h = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPS,
-            dtype=self.dtype,
-            name="bn",
-        )(h)
+        h = _batch_norm(train, self.dtype, "bn")(h)
         h = activation(self.nonlin)(h)
         # Dropout2d: one mask value per (example, channel), broadcast over H and W
         out = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(h)
         return out, _local_terms(self, h, labels, x)
+
+
+SHORTCUTS = (None, "identity", "conv_bn", "conv")
+
+
+def _batch_norm(train: bool, dtype, name: str, momentum: float = BN_MOMENTUM) -> TorchBatchNorm:
+    """A PyTorch BatchNorm: weight 1, bias 0, eps 1e-5, unbiased running variance
+    (`TorchBatchNorm`; it differs from Flax's in evaluation only)."""
+    return TorchBatchNorm(
+        use_running_average=not train, momentum=momentum, epsilon=BN_EPS, dtype=dtype, name=name
+    )
+
+
+class _NormedHead(nn.Module):
+    """The local heads of a block whose output is not yet normalised (pre-activation
+    blocks): BatchNorm → nonlinearity → `LocalHead`.
+
+    Its BatchNorm (`bn`) serves the local loss only, as in the reference, where a block
+    without post-activation normalises its output for the loss alone; it lives beside the
+    heads' own parameters under `<block>/head`, so `count_params` counts it with them.
+    """
+
+    config: HeadConfig
+    nonlin: str = "relu"
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.bn = TorchBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=self.dtype)
+        self.heads = LocalHead(self.config, nonlin=self.nonlin)
+        nn.share_scope(self, self.heads)  # the heads' parameters sit beside `bn`
+
+    def __call__(self, h, labels, *, x, train: bool):
+        h = activation(self.nonlin)(self.bn(h, use_running_average=not train))
+        return self.heads(h, labels, x=x)
+
+
+class LocalResConv(nn.Module):
+    """One convolution of a residual unit as a block, with local heads (the reference's
+    `LocalLossBlockConv` with `pre_act`, `post_act` and a shortcut input).
+
+    The activation between the blocks of a unit is the pair `(h, x_unit)`: the conv
+    input and the unit's input, which the unit's last convolution adds through its
+    shortcut. The cut before every block (`LocalNetwork`) stops gradients on the whole
+    pair, so a projection shortcut learns from the local loss of the block it feeds and
+    from nothing else; its parameters live in that block (`shortcut_conv`,
+    `shortcut_bn`).
+
+    Order of operations (z the block's result, a the conv input):
+      pre_act:  a = dropout2d(nonlin(bn_pre(h)))   else a = h
+      z = conv(a);  post_act: z = bn(z)
+      shortcut: z = z + shortcut(x_unit)
+      post_act: z = nonlin(z);  out = dropout2d(z)   else out = z
+      out = dropout(out)   (`out_dropout`, element-wise: Wide ResNet's dropout between
+                            the two convolutions of a unit)
+      final_norm: out = relu(bn_final(out))   (Wide ResNet's last BatchNorm → ReLU)
+    The local loss sees z before any dropout; a block without `post_act` normalises it
+    for the loss only (BatchNorm → nonlinearity, under `<block>/head/bn`), as the
+    reference does. Channel dropout (`dropout`) thus hits the input in a pre-activation
+    block and the output in a post-activation one, and neither in a block with neither.
+
+    Attributes:
+      features: C_out.
+      head: `HeadConfig`, or None for a plain block (backprop baseline).
+      nonlin: `relu` or `leakyrelu`.
+      kernel_size, stride, padding: the conv geometry.
+      use_bias: the conv's bias (ResNet: False; Wide ResNet: True).
+      pre_act: BatchNorm → nonlinearity → channel dropout on the input, before the conv.
+      post_act: BatchNorm (before the shortcut is added) and nonlinearity (after) on the
+        output.
+      dropout: channel dropout rate (PyTorch Dropout2d), placed as above.
+      out_dropout: element-wise dropout rate on the passed-on output.
+      shortcut: None (no residual add), `identity`, `conv_bn` (1×1 conv without bias,
+        then BatchNorm: ResNet's projection) or `conv` (1×1 conv with bias: Wide
+        ResNet's); the block then expects the pair `(h, x_unit)` (or one array, used
+        as both) and returns one array.
+      shortcut_stride: the stride of the projection (the unit's stride).
+      keep_input: return `(out, x_unit)` for the unit's next block; `x_unit` is the
+        second element of a pair input, or the input itself.
+      final_norm: end with the network's final BatchNorm → ReLU on the passed-on output
+        (`bn_final`; Wide ResNet's `bn1`, which the reference applies to the last
+        block's detached output). No local loss sees it: it learns from the output
+        layer's loss only, and only in the backprop baseline.
+      final_norm_affine: `bn_final` has a learned scale and bias. Without (local
+        learning) it keeps scale 1 and bias 0 and still tracks batch statistics, which
+        is what the reference's `bn1` does there: no optimizer of the reference holds
+        its weight and bias (its global optimizer holds the output layer alone).
+      final_norm_momentum: Flax momentum of `bn_final`'s running averages (the
+        reference's `bn1` has PyTorch momentum 0.9, i.e. Flax 0.1).
+      dtype: compute dtype (parameters stay float32).
+
+    Call: `block(x, labels=None, *, train=False)` with `x` `[B, H, W, C_in]` float or a
+    pair `(h [B, H, W, C_in], x_unit [B, H0, W0, C0])`, `labels` `[B]` int or None;
+    returns `(out, local)`, `out` `[B, H', W', features]` (or the pair with
+    `keep_input`), `local` as in `LocalHead` or None.
+
+    Raises:
+      ValueError: a conv input that is not 4-D, an unknown `shortcut`, an identity
+        shortcut between different shapes, or the `LocalHead` errors (bad labels).
+      ConfigError: an unknown `nonlin`.
+      TypeError: non-integer labels (from `LocalHead`).
+
+    Implements the residual units' blocks (METHOD.md, Network; Local losses: no gradient
+    passes to the block's input).
+    """
+
+    features: int
+    head: HeadConfig | None = None
+    nonlin: str = "relu"
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int = 1
+    use_bias: bool = False
+    pre_act: bool = False
+    post_act: bool = True
+    dropout: float = 0.0
+    out_dropout: float = 0.0
+    shortcut: str | None = None
+    shortcut_stride: int = 1
+    keep_input: bool = False
+    final_norm: bool = False
+    final_norm_affine: bool = True
+    final_norm_momentum: float = BN_MOMENTUM
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, labels: jax.Array | None = None, *, train: bool = False):
+        """Args: x `[B, H, W, C_in]` or `(h, x_unit)`; labels `[B]` int or None.
+
+        Returns:
+          `(out, local)` (`out` the pair `(out, x_unit)` with `keep_input`).
+        """
+        h, x_unit = x if isinstance(x, (tuple, list)) else (x, x)
+        if h.ndim != 4:
+            raise ValueError(
+                f"LocalResConv expects [B, H, W, C] input; got shape {tuple(h.shape)}."
+            )
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut {self.shortcut!r}; choose one of {SHORTCUTS}.")
+        act = activation(self.nonlin)
+        a = h
+        if self.pre_act:
+            a = act(_batch_norm(train, self.dtype, "bn_pre")(a))
+            a = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(a)
+        k = self.kernel_size
+        z = nn.Conv(
+            self.features,
+            (k, k),
+            strides=self.stride,
+            padding=self.padding,
+            use_bias=self.use_bias,
+            kernel_init=torch_kernel_init(),
+            bias_init=torch_bias_init(k * k * a.shape[-1]),
+            dtype=self.dtype,
+            name="conv",
+        )(a)
+        if self.post_act:
+            z = _batch_norm(train, self.dtype, "bn")(z)
+        if self.shortcut is not None:
+            z = z + self._shortcut(x_unit, z.shape, train)
+        out = z
+        if self.post_act:
+            z = out = act(z)
+            out = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(out)
+        out = nn.Dropout(self.out_dropout, deterministic=not train)(out)
+        if self.final_norm:
+            out = TorchBatchNorm(
+                use_running_average=not train,
+                momentum=self.final_norm_momentum,
+                epsilon=BN_EPS,
+                use_scale=self.final_norm_affine,
+                use_bias=self.final_norm_affine,
+                dtype=self.dtype,
+                name="bn_final",
+            )(out)
+            out = nn.relu(out)  # the reference's F.relu, whatever the block nonlinearity
+        local = None
+        if self.head is not None and labels is not None:
+            if self.post_act:
+                local = LocalHead(self.head, nonlin=self.nonlin, name="head")(z, labels, x=a)
+            else:
+                local = _NormedHead(self.head, self.nonlin, self.dtype, name="head")(
+                    z, labels, x=a, train=train
+                )
+        return ((out, x_unit) if self.keep_input else out), local
+
+    def _shortcut(self, x_unit: jax.Array, shape: tuple[int, ...], train: bool) -> jax.Array:
+        """The shortcut branch: `x_unit` as is, or projected to `shape`."""
+        if self.shortcut == "identity":
+            if tuple(x_unit.shape) != tuple(shape):
+                raise ValueError(
+                    f"an identity shortcut needs the unit's input and output of one shape; "
+                    f"got {tuple(x_unit.shape)} and {tuple(shape)} (use a projection)."
+                )
+            return x_unit.astype(self.dtype)
+        use_bias = self.shortcut == "conv"
+        s = nn.Conv(
+            self.features,
+            (1, 1),
+            strides=self.shortcut_stride,
+            padding=0,
+            use_bias=use_bias,
+            kernel_init=torch_kernel_init(),
+            bias_init=torch_bias_init(x_unit.shape[-1]),
+            dtype=self.dtype,
+            name="shortcut_conv",
+        )(x_unit)
+        if not use_bias:
+            s = _batch_norm(train, self.dtype, "shortcut_bn")(s)
+        return s
 
 
 def _local_terms(block, h, labels, x):

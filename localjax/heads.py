@@ -56,6 +56,9 @@ class HeadConfig:
       unsup: unsupervised extra term: `none`, `sim` (match S of the block input) or
         `recon` (reconstruct the block input; skipped in the first block).
       alpha: weight of the unsupervised term: loss = α·unsup + (1 − α)·supervised.
+      similarity_std: S() of a feature map uses each channel's standard deviation over
+        space (the reference's default); False flattens the map instead (the
+        reference's `--no-similarity-std`).
 
     Raises:
       ConfigError (a ValueError): on an unknown loss or unsup name, or a value out of range.
@@ -69,6 +72,7 @@ class HeadConfig:
     target_proj_size: int = 128
     unsup: str = "none"
     alpha: float = 0.0
+    similarity_std: bool = True
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -221,7 +225,7 @@ class LocalHead(nn.Module):
         terms = {"pred": zero, "sim": zero, "logits": None}
         z_sim = self._sim_features(h) if cfg.uses_sim else None
         if cfg.loss in ("sim", "predsim"):
-            terms["sim"] = losses.sim_loss(z_sim, sim_target)
+            terms["sim"] = losses.sim_loss(z_sim, sim_target, cfg.similarity_std)
         if cfg.uses_pred and cfg.bio:
             terms["pred"] = self._bio_pred(h, sim_target)
         elif cfg.uses_pred:
@@ -338,7 +342,7 @@ class LocalHead(nn.Module):
         """α-weighted extra term: S(g(h)) vs S(x), or reconstruction MSE of x."""
         x = jax.lax.stop_gradient(x)
         if self.config.unsup == "sim":
-            return losses.sim_loss(z_sim, x)
+            return losses.sim_loss(z_sim, x, self.config.similarity_std)
         if first_layer:
             return jnp.zeros((), jnp.float32)
         if h.ndim == 4:

@@ -49,16 +49,18 @@ def _check_batch(name: str, x: jax.Array, min_ndim: int = 2) -> None:
         raise ValueError(f"{name} has an empty batch (shape {tuple(x.shape)}).")
 
 
-def similarity_matrix(z: jax.Array) -> jax.Array:
+def similarity_matrix(z: jax.Array, use_std: bool = True) -> jax.Array:
     """Adjusted cosine similarity of every pair of examples in a batch.
 
     A feature map `[B, H, W, C]` with C > 3 and H > 1 is first reduced to the unbiased
-    standard deviation of each channel over its H·W positions (`[B, C]`); any other input
-    is flattened to `[B, D]`. Each row is centred, divided by (1e-8 + its L2 norm), and
-    the Gram matrix is clipped to [-1, 1].
+    standard deviation of each channel over its H·W positions (`[B, C]`), unless
+    `use_std` is False; any other input is flattened to `[B, D]`. Each row is centred,
+    divided by (1e-8 + its L2 norm), and the Gram matrix is clipped to [-1, 1].
 
     Args:
       z: `[B, D]` or `[B, H, W, C]` (NHWC) floating array; B >= 1.
+      use_std: reduce a feature map to its per-channel standard deviation (the
+        reference's default); False flattens it instead (`--no-similarity-std`).
 
     Returns:
       `[B, B]` array of z's dtype with entries in [-1, 1].
@@ -69,7 +71,7 @@ def similarity_matrix(z: jax.Array) -> jax.Array:
     Implements the similarity matrix S(z) (METHOD.md, Local losses: similarity matrix).
     """
     _check_batch("similarity_matrix input", z)
-    if z.ndim == 4 and z.shape[3] > 3 and z.shape[1] > 1:
+    if use_std and z.ndim == 4 and z.shape[3] > 3 and z.shape[1] > 1:
         # [B, H, W, C] -> [B, C]: per-channel spread over space, divisor H*W - 1
         z = jnp.std(z, axis=(1, 2), ddof=1)
     else:
@@ -79,7 +81,7 @@ def similarity_matrix(z: jax.Array) -> jax.Array:
     return jnp.clip(zn @ zn.T, -1.0, 1.0)
 
 
-def sim_loss(z: jax.Array, targets: jax.Array) -> jax.Array:
+def sim_loss(z: jax.Array, targets: jax.Array, use_std: bool = True) -> jax.Array:
     """Similarity matching loss: mean over B² of (S(z) − S(targets))².
 
     Args:
@@ -87,6 +89,8 @@ def sim_loss(z: jax.Array, targets: jax.Array) -> jax.Array:
         similarity projection g (or the raw/pooled output in the `bio` variant).
       targets: `[B, K]` float array: one-hot labels, or projected labels P·Y (`bio`),
         or the block input for the unsupervised variant. No gradient flows into it.
+      use_std: passed to `similarity_matrix` for both S() (False: feature maps are
+        flattened, the reference's `--no-similarity-std`).
 
     Returns:
       float32 scalar.
@@ -105,8 +109,8 @@ def sim_loss(z: jax.Array, targets: jax.Array) -> jax.Array:
             f"sim_loss: z has batch {z.shape[0]} but targets have batch "
             f"{targets.shape[0]}; both must describe the same examples."
         )
-    s_target = jax.lax.stop_gradient(similarity_matrix(targets.astype(z.dtype)))
-    diff = similarity_matrix(z) - s_target
+    s_target = jax.lax.stop_gradient(similarity_matrix(targets.astype(z.dtype), use_std))
+    diff = similarity_matrix(z, use_std) - s_target
     return jnp.mean(jnp.square(diff.astype(jnp.float32)))
 
 
@@ -205,6 +209,10 @@ def bio_pred_targets(projected_labels: jax.Array) -> jax.Array:
 
 def _concrete(x: Any) -> np.ndarray | None:
     """The host value of `x`, or None when `x` is traced (inside jit / grad)."""
+    if isinstance(x, jax.core.Tracer):
+        # not via the conversion error: its message searches the whole trace so far,
+        # which makes tracing a deep network (one check per block) quadratic in depth
+        return None
     try:
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):

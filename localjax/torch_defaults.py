@@ -17,10 +17,12 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen import normalization
 
 from localjax.errors import ConfigError
 
 __all__ = [
+    "TorchBatchNorm",
     "BN_MOMENTUM",
     "BN_EPS",
     "NONLINEARITIES",
@@ -112,7 +114,54 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
       ConfigError: for an unknown name, listing the known ones.
     """
     if name not in NONLINEARITIES:
-        raise ConfigError(
-            f"unknown nonlinearity {name!r}; choose one of {sorted(NONLINEARITIES)}."
-        )
+        raise ConfigError(f"unknown nonlinearity {name!r}; choose one of {sorted(NONLINEARITIES)}.")
     return NONLINEARITIES[name]
+
+
+class TorchBatchNorm(nn.BatchNorm):
+    """Flax's BatchNorm whose running variance follows PyTorch: unbiased.
+
+    In training mode both normalise by the biased batch variance; PyTorch's running
+    variance then averages the *unbiased* one, var·n/(n − 1) with n = the number of
+    values per feature (B, or B·H·W for a feature map), where Flax averages the biased
+    one. That difference reaches evaluation only (running averages are not used in
+    training). Same variables as `nn.BatchNorm` (`params`: scale, bias; `batch_stats`:
+    mean, var), so checkpoints keep their layout.
+
+    Attributes (beyond `nn.BatchNorm`'s):
+      unbiased_running_var: average var·n/(n − 1) (PyTorch, the reference) when True,
+        the biased var (Flax) when False.
+
+    Call: `bn(x, use_running_average=None)` with `x` `[..., C]` float; returns the same
+    shape and the module's dtype.
+
+    Raises:
+      Nothing of its own; `nn.BatchNorm`'s errors.
+
+    Implements the reference's `torch.nn.BatchNorm1d/2d` (METHOD.md, Network: BatchNorm).
+    """
+
+    unbiased_running_var: bool = True
+
+    @nn.compact
+    def __call__(self, x, use_running_average=None, *, mask=None):
+        """x `[..., C]` -> normalised x, updating `batch_stats` in training mode."""
+        training = not nn.module.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        old_var = self.get_variable("batch_stats", "var")  # None while initialising
+        y = super().__call__(x, use_running_average=use_running_average, mask=mask)
+        if training and self.unbiased_running_var and not self.is_initializing():
+            axes = tuple(range(x.ndim - 1))
+            n = math.prod(x.shape[a] for a in axes)
+            _, var = normalization._compute_stats(
+                x,
+                axes,
+                dtype=self.dtype,
+                use_fast_variance=self.use_fast_variance,
+                force_float32_reductions=self.force_float32_reductions,
+            )
+            correction = n / max(n - 1, 1)
+            new_var = self.momentum * old_var + (1 - self.momentum) * var * correction
+            self.put_variable("batch_stats", "var", new_var)
+        return y

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from localjax.data import augmentation as aug
 from localjax.data import DatasetSpec
+from localjax.data import augmentation as aug
 
 SPEC = DatasetSpec("toy", 8, 2, 10, (0.5, 0.25), (0.5, 0.25))
 
@@ -107,3 +107,17 @@ def test_augment_applies_cutout_after_normalisation_inside_jit():
     np.testing.assert_allclose(np.asarray(a)[keep], np.asarray(b)[keep], rtol=1e-6)
     with pytest.raises(ValueError, match=">= 0"):
         aug.augment(images, jax.random.key(0), SPEC, cutout_length=-1)
+
+
+def test_random_cutout_n_holes_keeps_the_first_hole_and_adds_more():
+    """The reference's --n_holes: hole 0 is the one-hole draw, the others are extra."""
+    x = jnp.ones((64, 16, 16, 1))
+    one = np.asarray(aug.random_cutout(x, jax.random.key(3), 4))
+    three = np.asarray(aug.random_cutout(x, jax.random.key(3), 4, n_holes=3))
+    assert np.all(three <= one)  # every pixel of the first hole stays cut
+    cut_one, cut_three = (one == 0).sum(axis=(1, 2, 3)), (three == 0).sum(axis=(1, 2, 3))
+    assert np.all(cut_three >= cut_one) and cut_three.mean() > 1.5 * cut_one.mean()
+    with pytest.raises(ValueError, match="n_holes must be >= 1"):
+        aug.random_cutout(x, jax.random.key(0), 4, n_holes=0)
+    with pytest.raises(ValueError, match="n_holes=0 >= 1"):
+        aug.augment(jnp.zeros((2, 8, 8, 1), jnp.uint8), jax.random.key(0), SPEC, 4, n_holes=0)

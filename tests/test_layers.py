@@ -146,3 +146,26 @@ def test_labels_outside_the_decoder_width_are_refused():
     head = HeadConfig("predsim", num_classes=3)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         init(LocalDense(4, head=head), jnp.ones((2, 5)), jnp.array([0, 3]))
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (4, 3, 3, 2)])
+def test_torch_batchnorm_keeps_pytorchs_unbiased_running_variance(shape):
+    """PyTorch (the reference) averages var·n/(n−1) into running_var, Flax the biased var;
+    the normalisation itself uses the biased batch variance in both."""
+    from localjax.torch_defaults import TorchBatchNorm
+
+    x = jax.random.normal(jax.random.key(0), shape) * 2.0 + 1.0
+    flat = np.asarray(x).reshape(-1, shape[-1])
+    for unbiased, ddof in ((True, 1), (False, 0)):
+        bn = TorchBatchNorm(momentum=0.9, unbiased_running_var=unbiased)
+        variables = bn.init(jax.random.key(1), x, use_running_average=False)
+        y, updates = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+        stats = updates["batch_stats"]
+        np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * flat.var(0, ddof=ddof), rtol=1e-5)
+        np.testing.assert_allclose(stats["mean"], 0.1 * flat.mean(0), rtol=1e-5, atol=1e-7)
+        want = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)
+        np.testing.assert_allclose(np.asarray(y).reshape(want.shape), want, atol=2e-5)
+        # evaluation reads the running averages
+        y_eval = bn.apply({**variables, "batch_stats": stats}, x, use_running_average=True)
+        want_eval = (flat - stats["mean"]) / np.sqrt(stats["var"] + 1e-5)
+        np.testing.assert_allclose(np.asarray(y_eval).reshape(want.shape), want_eval, atol=2e-5)

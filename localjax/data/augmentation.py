@@ -184,45 +184,56 @@ def cutout(x: jax.Array, centers: jax.Array, length: int) -> jax.Array:
     return x * mask.astype(x.dtype)
 
 
-def random_cutout(x: jax.Array, key: jax.Array, length: int) -> jax.Array:
-    """Cutout with one hole per example at a uniformly random centre.
+def random_cutout(x: jax.Array, key: jax.Array, length: int, n_holes: int = 1) -> jax.Array:
+    """Cutout with `n_holes` holes per example, each at a uniformly random centre.
 
     Each centre is drawn uniformly from the H×W pixel grid (as the reference's
-    `np.random.randint(h)`, `randint(w)`); the hole is clipped at the border.
+    `np.random.randint(h)`, `randint(w)`); holes are clipped at the border and may
+    overlap (the reference's `Cutout(n_holes, length)`).
 
     Args:
       x: `[B, H, W, C]` float images, normalised.
-      key: PRNG key.
-      length: side of the hole in px; 0 returns `x` unchanged.
+      key: PRNG key; the first hole draws from it as a one-hole cutout does, hole k > 0
+        from `fold_in(key, k)`.
+      length: side of each hole in px; 0 returns `x` unchanged.
+      n_holes: holes per image (the reference's `--n_holes`), >= 1.
 
     Returns:
       `[B, H, W, C]` array of x's dtype.
 
     Raises:
-      ValueError: if `length` is negative or `x` is not 4-D.
+      ValueError: if `length` is negative, `n_holes` < 1 or `x` is not 4-D.
 
-    Implements Cutout (METHOD.md, Training: Cutout).
+    Implements Cutout (METHOD.md, Training: Cutout; the reference's `--n_holes`).
     """
     if length < 0:
         raise ValueError(f"cutout length must be >= 0; got {length}.")
+    if n_holes < 1:
+        raise ValueError(f"cutout n_holes must be >= 1; got {n_holes}.")
     if length == 0:
         return x
     if x.ndim != 4:
         raise ValueError(f"cutout expects [B, H, W, C] images; got shape {tuple(x.shape)}.")
     b, h, w, _ = x.shape
-    row_key, col_key = jax.random.split(key)
-    centers = jnp.stack(
-        [
-            jax.random.randint(row_key, (b,), 0, h),
-            jax.random.randint(col_key, (b,), 0, w),
-        ],
-        axis=1,
-    )  # [B, 2]
-    return cutout(x, centers, length)
+    for k in range(n_holes):
+        row_key, col_key = jax.random.split(key if k == 0 else jax.random.fold_in(key, k))
+        centers = jnp.stack(
+            [
+                jax.random.randint(row_key, (b,), 0, h),
+                jax.random.randint(col_key, (b,), 0, w),
+            ],
+            axis=1,
+        )  # [B, 2]
+        x = cutout(x, centers, length)
+    return x
 
 
 def augment(
-    images: jax.Array, key: jax.Array, spec: DatasetSpec, cutout_length: int = 0
+    images: jax.Array,
+    key: jax.Array,
+    spec: DatasetSpec,
+    cutout_length: int = 0,
+    n_holes: int = 1,
 ) -> jax.Array:
     """The training-time augmentation of `spec`, then normalisation.
 
@@ -230,22 +241,23 @@ def augment(
       images: `[B, H, W, C]` uint8.
       key: PRNG key (fold in the step number for a new draw each step).
       spec: the dataset's `DatasetSpec` (crop padding, flip, mean, std).
-      cutout_length: side of the cutout hole in px (0 = off); one hole per example at
-        a uniformly random centre, clipped at the border, zeroed after normalisation.
+      cutout_length: side of the cutout holes in px (0 = off); holes at uniformly random
+        centres, clipped at the border, zeroed after normalisation.
+      n_holes: cutout holes per example (the reference's `--n_holes`, default 1).
 
     Returns:
       `[B, H, W, C]` float32, normalised.
 
     Raises:
-      ValueError: if `cutout_length` is negative; a non-4-D `images` fails in
-        `random_crop` (ValueError).
+      ConfigError: `cutout_length` negative or `n_holes` < 1.
+      ValueError: a non-4-D `images` fails in `random_crop`.
 
     Implements the per-dataset augmentation and normalisation (METHOD.md, Data; Training:
     Cutout) inside the step (DESIGN.md, Decisions: data on device, augmentation in the
     step).
     """
-    if cutout_length < 0:
-        raise ConfigError(f"cutout_length must be >= 0; got {cutout_length}.")
+    if cutout_length < 0 or n_holes < 1:
+        raise ConfigError(f"cutout_length={cutout_length} must be >= 0 and n_holes={n_holes} >= 1.")
     crop_key, flip_key = jax.random.split(key)
     x = to_unit(images)
     if spec.crop_padding:
@@ -255,5 +267,5 @@ def augment(
     x = _standardize(x, spec)
     if cutout_length:
         # a key apart from crop/flip, so runs without cutout keep their random stream
-        x = random_cutout(x, jax.random.fold_in(key, 2), cutout_length)
+        x = random_cutout(x, jax.random.fold_in(key, 2), cutout_length, n_holes)
     return x

@@ -5,10 +5,10 @@ Usage::
     net = build_model("vgg8b", num_classes=10, loss="predsim")   # a LocalNetwork
     net = build_model("mlp", 10, "backprop", num_layers=3)        # the backprop baseline
 
-One file per family: `mlp.py` (the paper's MLP), `vgg.py` (the VGG configs). Every
+One file per family: `mlp.py` (the paper's MLP), `vgg.py` (the VGG configs), `resnet.py`
+(resnet18 ... resnet152), `wide_resnet.py` (wresnet<depth>-<k>, adapted `...a`). Every
 family builds a `network.LocalNetwork`, so the per-block, memory-flat train step serves
-it. A new family (ResNet, Wide ResNet) is a new file here plus its names in
-`build_model`.
+it. A new family is a new file here plus its names in `build_model`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,19 @@ import jax.numpy as jnp
 from localjax.errors import ConfigError
 from localjax.heads import HeadConfig
 from localjax.models.mlp import MLP
+from localjax.models.resnet import RESNET_CONFIGS, ResNet
 from localjax.models.vgg import VGG, VGG_CONFIGS
+from localjax.models.wide_resnet import WIDE_RESNET_NAMES, WideResNet, parse_wide_resnet
 from localjax.network import LocalNetwork
 
 __all__ = [
     "MLP",
     "VGG",
     "VGG_CONFIGS",
+    "ResNet",
+    "RESNET_CONFIGS",
+    "WideResNet",
+    "WIDE_RESNET_NAMES",
     "MODEL_NAMES",
     "LOSS_MODES",
     "COMPUTE_DTYPES",
@@ -34,7 +40,8 @@ __all__ = [
     "build_model",
 ]
 
-MODEL_NAMES = ("mlp", *VGG_CONFIGS)
+# the reference's model table; build_model also takes any wresnet<6n+4>-<k>[a]
+MODEL_NAMES = ("mlp", *VGG_CONFIGS, *RESNET_CONFIGS, *WIDE_RESNET_NAMES)
 LOSS_MODES = ("pred", "sim", "predsim", "backprop")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -74,20 +81,30 @@ def build_model(
     target_proj_size: int = 128,
     unsup: str = "none",
     alpha: float = 0.0,
+    similarity_std: bool = True,
+    pre_act: bool = False,
     detach: bool = True,
     dtype: Any = "float32",
 ) -> LocalNetwork:
     """Builds one of the paper's networks by name.
 
     Args:
-      name: `mlp` or a key of `VGG_CONFIGS` (`vgg8b`, `vgg11b`, ...).
+      name: one of `MODEL_NAMES`: `mlp`, a key of `VGG_CONFIGS` (`vgg8b`, `vgg11b`, ...),
+        of `RESNET_CONFIGS` (`resnet18` ... `resnet152`), or a Wide ResNet
+        `wresnet<depth>-<k>` / adapted `wresnet<depth>-<k>a` (the reference's table:
+        `WIDE_RESNET_NAMES`; any depth 6n + 4 is built).
       num_classes: K.
       loss: `pred`, `sim`, `predsim` (local learning) or `backprop` (baseline, no heads).
-      num_layers: dense blocks (default 3 for `mlp`, 1 after a VGG conv stack).
-      num_hidden: units per dense block.
-      feat_mult: VGG channel multiplier.
-      nonlin, dropout: block nonlinearity and dropout rate.
-      beta, dim_in_decoder, bio, target_proj_size, unsup, alpha: see `HeadConfig`.
+      num_layers: dense blocks (default 3 for `mlp`, 1 after a VGG conv stack); not used
+        by the ResNets.
+      num_hidden: units per dense block (mlp, VGG).
+      feat_mult: channel multiplier (VGG; ResNet: stage widths int(feat_mult·64), ...;
+        Wide ResNet: every width, 1 = the reference, which ignores it there).
+      nonlin, dropout: block nonlinearity and dropout rate (where each family puts its
+        dropout: see `ResNet`, `WideResNet`).
+      beta, dim_in_decoder, bio, target_proj_size, unsup, alpha, similarity_std: see
+        `HeadConfig` (`similarity_std=False` is the reference's `--no-similarity-std`).
+      pre_act: the ResNets' pre-activation variant (the reference's `--pre-act`).
       detach: cut the graph between blocks (False: deep supervision).
       dtype: compute dtype: a name of `COMPUTE_DTYPES` (`float32`, `bfloat16`) or the
         dtype itself; parameters stay float32.
@@ -97,13 +114,27 @@ def build_model(
 
     Raises:
       ConfigError (a ValueError): for an unknown model, loss or dtype name (the message
-        lists the known ones), or an invalid head setting (from `HeadConfig`: beta/alpha outside [0, 1],
-        num_classes < 2, unknown unsup).
+        lists the known ones), or an invalid head setting (from `HeadConfig`: beta/alpha
+        outside [0, 1], num_classes < 2, unknown unsup); a Wide ResNet depth that is not
+        6n + 4; `unsup="recon"` or `pre_act` where the model does not support it.
 
     Implements the paper's networks and loss modes (METHOD.md, Network; Local losses).
     """
-    if name not in MODEL_NAMES:
+    wide = parse_wide_resnet(name)  # ConfigError for a depth that is not 6n + 4
+    if name not in MODEL_NAMES and wide is None:
         raise ConfigError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}.")
+    residual = wide is not None or name in RESNET_CONFIGS
+    if pre_act and name not in RESNET_CONFIGS:
+        raise ConfigError(
+            f"pre_act is the ResNets' option (the reference's --pre-act); {name!r} has none "
+            "(Wide ResNets are pre-activation already)."
+        )
+    if residual and loss != "backprop" and unsup == "recon":
+        raise ConfigError(
+            f"unsup='recon' is not available for {name!r}: the reference's reconstruction "
+            "decoder (a transposed conv of the block's own geometry) does not fit its "
+            "strided convolutions; use unsup='none' or 'sim'."
+        )
     if loss not in LOSS_MODES:
         raise ConfigError(f"unknown loss {loss!r}; choose one of {list(LOSS_MODES)}.")
     dtype = compute_dtype(dtype)
@@ -118,6 +149,33 @@ def build_model(
             target_proj_size=target_proj_size,
             unsup=unsup,
             alpha=alpha,
+            similarity_std=similarity_std,
+        )
+    if name in RESNET_CONFIGS:
+        return ResNet(
+            num_classes,
+            head,
+            config=name,
+            feat_mult=feat_mult,
+            pre_act=pre_act,
+            nonlin=nonlin,
+            dropout=dropout,
+            detach=detach,
+            dtype=dtype,
+        )
+    if wide is not None:
+        depth, k, adapted = wide
+        return WideResNet(
+            num_classes,
+            head,
+            depth=depth,
+            widen_factor=k,
+            adapted=adapted,
+            feat_mult=feat_mult,
+            nonlin=nonlin,
+            dropout=dropout,
+            detach=detach,
+            dtype=dtype,
         )
     common = dict(
         num_classes=num_classes,

@@ -10,11 +10,23 @@ Usage::
 from __future__ import annotations
 
 import collections
+import math
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["milestone_schedule", "epoch_learning_rate", "make_optimizer"]
+from localjax.errors import ConfigError
+
+__all__ = [
+    "OPTIMIZERS",
+    "milestone_schedule",
+    "epoch_learning_rate",
+    "scale_by_torch_amsgrad",
+    "make_optimizer",
+]
 
 
 def milestone_schedule(
@@ -71,25 +83,114 @@ def epoch_learning_rate(
     return float(np.format_float_positional(rate, unique=True))
 
 
-def make_optimizer(
-    lr: float, milestones: tuple[int, ...], steps_per_epoch: int, decay: float = 0.25
-) -> optax.GradientTransformation:
-    """Adam (β1 0.9, β2 0.999, eps 1e-8, no weight decay) with the milestone schedule.
+OPTIMIZERS = ("adam", "amsgrad", "sgd")
 
-    One Adam over all parameters equals the reference's one Adam per layer, since
-    Adam is element-wise.
+
+class TorchAmsgradState(NamedTuple):
+    """State of `scale_by_torch_amsgrad`: step count, first and second moments, and the
+    running maximum of the (uncorrected) second moment; moments shaped like the params."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+    nu_max: Any
+
+
+def scale_by_torch_amsgrad(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> optax.GradientTransformation:
+    """AMSGrad as PyTorch's `Adam(amsgrad=True)` computes it.
+
+    PyTorch keeps the maximum of the raw second moment and bias-corrects that maximum at
+    the current step: update = (m / (1 − β1^t)) / (√max_s v_s / √(1 − β2^t) + eps).
+    `optax.scale_by_amsgrad` takes the maximum of the already corrected moments, which
+    differs whenever the correction changes (every early step), so the reference's
+    `--optim amsgrad` needs this transform.
+
+    Args:
+      b1, b2, eps: as in PyTorch's Adam (0.9, 0.999, 1e-8).
+
+    Returns:
+      An optax transformation mapping gradients (any float pytree) to unscaled updates of
+      the same shapes and dtypes (follow it with a negative learning-rate scale).
+
+    Raises:
+      Nothing of its own.
+
+    Implements the reference's `--optim amsgrad` (train.py: `optim.Adam(..., amsgrad=True)`).
+    """
+
+    def init_fn(params):
+        zeros = optax.tree.zeros_like(params)
+        return TorchAmsgradState(jnp.zeros([], jnp.int32), zeros, zeros, zeros)
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+        count = optax.safe_increment(state.count)
+        c1 = 1.0 - b1 ** count.astype(jnp.float32)
+        c2_sqrt = jnp.sqrt(1.0 - b2 ** count.astype(jnp.float32))
+        updates = jax.tree.map(lambda m, v: (m / c1) / (jnp.sqrt(v) / c2_sqrt + eps), mu, nu_max)
+        return updates, TorchAmsgradState(count, mu, nu, nu_max)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_optimizer(
+    lr: float,
+    milestones: tuple[int, ...],
+    steps_per_epoch: int,
+    decay: float = 0.25,
+    *,
+    optim: str = "adam",
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """The reference's optimizer with the milestone schedule (default: Adam, β1 0.9,
+    β2 0.999, eps 1e-8, no weight decay).
+
+    One optimizer over all parameters equals the reference's one optimizer per block,
+    since Adam, AMSGrad, SGD with momentum and weight decay are all element-wise.
+    `weight_decay` is PyTorch's: wd·θ added to the gradient of every parameter before the
+    moments (an L2 term, not decoupled AdamW), BatchNorm and heads included, as each of
+    the reference's block optimizers holds all of its block's parameters.
 
     Args:
       lr, milestones, steps_per_epoch, decay: as in `milestone_schedule`.
+      optim: `adam`, `amsgrad` (`scale_by_torch_amsgrad`) or `sgd` (PyTorch SGD: buffer
+        b ← μ·b + g, first b = g, no dampening, no Nesterov).
+      momentum: μ of `sgd`; must be 0 for Adam and AMSGrad (the reference ignores it
+        there).
+      weight_decay: wd ≥ 0.
 
     Returns:
       An `optax.GradientTransformation` over any float32 parameter pytree.
 
     Raises:
-      Nothing of its own.
+      ConfigError: an unknown `optim`, `momentum` with Adam/AMSGrad, a momentum outside
+        [0, 1) or a negative or non-finite weight decay.
 
-    Implements the optimiser (METHOD.md, Training: Adam, milestones).
+    Implements the optimiser (METHOD.md, Training: Adam, milestones; the reference's
+    `--optim`, `--momentum`, `--weight-decay`).
     """
-    return optax.adam(
-        milestone_schedule(lr, milestones, steps_per_epoch, decay), b1=0.9, b2=0.999, eps=1e-8
-    )
+    if optim not in OPTIMIZERS:
+        raise ConfigError(f"unknown optim {optim!r}; choose one of {list(OPTIMIZERS)}.")
+    if optim != "sgd" and momentum != 0:
+        raise ConfigError(
+            f"momentum={momentum} applies to optim='sgd' only; {optim} has its own moments "
+            "(set --config.momentum=0, or --config.optim=sgd)."
+        )
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigError(f"momentum={momentum} must be in [0, 1).")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"weight_decay={weight_decay} must be >= 0 and finite.")
+    schedule = milestone_schedule(lr, milestones, steps_per_epoch, decay)
+    scale = {
+        "adam": lambda: optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+        "amsgrad": scale_by_torch_amsgrad,
+        "sgd": lambda: optax.trace(decay=momentum) if momentum else optax.identity(),
+    }[optim]()
+    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    return optax.chain(*parts, scale, optax.scale_by_learning_rate(schedule))

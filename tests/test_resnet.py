@@ -1,0 +1,279 @@
+"""ResNets and Wide ResNets: parameter counts equal the reference's, the structure of
+their blocks, and the per-block step equals the single-gradient step on them."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import localjax as lj
+from localjax.errors import ConfigError
+from localjax.heads import decoder_pool_geometry
+from localjax.losses import similarity_matrix
+from localjax.models import MODEL_NAMES, build_model
+from localjax.network import count_params
+from localjax.training.state import create_train_state
+from localjax.training.steps import make_reference_train_step, make_train_step
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def shapes_of(model, size=32, batch=2):
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    return jax.eval_shape(lambda x, y: model.init({"params": jax.random.key(0)}, x, y), x, y)
+
+
+# ------------------------------------------------------------ parameter counts
+def reference_rows():
+    """The rows of tests/data/reference_param_counts.tsv (tools/reference_param_counts.py
+    ran the reference's own PyTorch classes to make them)."""
+    with open(os.path.join(DATA, "reference_param_counts.tsv"), encoding="utf-8") as f:
+        lines = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+    header, rows = lines[0], lines[1:]
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+ROWS = reference_rows()
+
+
+def test_reference_table_covers_every_residual_model():
+    names = {r["model"] for r in ROWS}
+    assert names == {n for n in MODEL_NAMES if n.startswith(("resnet", "wresnet"))}
+    assert {"wresnet16-4a", "wresnet28-10a", "resnet152"} <= names
+
+
+@pytest.mark.parametrize(
+    "row", ROWS, ids=[f"{r['model']}-pre{r['pre_act']}-K{r['num_classes']}" for r in ROWS]
+)
+def test_param_counts_equal_reference(row):
+    name, k, pre_act = row["model"], int(row["num_classes"]), row["pre_act"] == "1"
+    local = shapes_of(build_model(name, k, "predsim", pre_act=pre_act))
+    assert count_params(local["params"]) == (int(row["inference"]), int(row["total"]))
+    backprop = shapes_of(build_model(name, k, "backprop", pre_act=pre_act))
+    assert count_params(backprop["params"]) == (int(row["backprop"]), int(row["backprop"]))
+
+
+# ------------------------------------------------------------ structure
+def test_resnet18_blocks_and_shortcut_projection():
+    params = shapes_of(build_model("resnet18", 10, "predsim"))["params"]
+    units = [f"layer{s}_{u}_conv{j}" for s in range(1, 5) for u in range(2) for j in (1, 2)]
+    assert list(params) == ["conv1", *units, "output"]
+    # the projection (1x1 conv, no bias, + BatchNorm) belongs to the block it feeds
+    feed = params["layer2_0_conv2"]
+    assert feed["shortcut_conv"]["kernel"].shape == (1, 1, 64, 128)
+    assert "bias" not in feed["shortcut_conv"] and "shortcut_bn" in feed
+    assert "shortcut_conv" not in params["layer2_0_conv1"]
+    assert "shortcut_conv" not in params["layer1_0_conv2"]  # identity
+    assert "bias" not in feed["conv"] and set(feed["head"]) == {"sim_proj", "decoder"}
+
+
+def test_resnet50_bottleneck_units():
+    params = shapes_of(build_model("resnet50", 10, "backprop"))["params"]
+    assert params["layer1_0_conv1"]["conv"]["kernel"].shape == (1, 1, 64, 64)
+    assert params["layer1_0_conv3"]["conv"]["kernel"].shape == (1, 1, 64, 256)
+    assert params["layer1_0_conv3"]["shortcut_conv"]["kernel"].shape == (1, 1, 64, 256)
+    assert params["layer4_2_conv3"]["conv"]["kernel"].shape == (1, 1, 512, 2048)
+    assert params["output"]["dense"]["kernel"].shape == (2048, 10)
+
+
+def test_resnet_pre_act_blocks():
+    params = shapes_of(build_model("resnet18", 10, "predsim", pre_act=True))["params"]
+    # the stem passes its raw conv output on; its BatchNorm serves the local loss only
+    assert "bn" not in params["conv1"] and "bn" in params["conv1"]["head"]
+    assert "bn_pre" in params["layer1_0_conv1"] and "bn" not in params["layer1_0_conv1"]
+    assert params["layer1_0_conv1"]["bn_pre"]["scale"].shape == (64,)
+
+
+@pytest.mark.parametrize(
+    "name, pre_act, n_blocks", [("resnet18", True, 17), ("wresnet10-8a", False, 7)]
+)
+def test_forward_returns_one_local_loss_per_convolution(name, pre_act, n_blocks):
+    model = build_model(name, 10, "predsim", feat_mult=1 / 16, pre_act=pre_act)
+    variables = shapes_of(model, batch=4)
+    x = jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32)
+    y = jax.ShapeDtypeStruct((4,), jnp.int32)
+
+    def train(v, x, y):
+        return model.apply(
+            v, x, y, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]
+        )[0]
+
+    logits, local = jax.eval_shape(train, variables, x, y)
+    assert logits.shape == (4, 10) and len(local) == n_blocks
+    assert all(t is not None and t["logits"].shape == (4, 10) for t in local)
+    logits, local = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    assert logits.shape == (4, 10) and all(t is None for t in local)
+
+
+def test_wide_resnet_blocks_final_norm_and_dropout_placement():
+    model = build_model("wresnet16-4", 10, "predsim", dropout=0.3)
+    variables = shapes_of(model)
+    params = variables["params"]
+    units = [f"layer{s}_{u}_conv{j}" for s in range(1, 4) for u in range(2) for j in (1, 2)]
+    assert list(params) == ["conv1", *units, "output"]
+    assert params["conv1"]["conv"]["kernel"].shape == (3, 3, 3, 16)
+    assert "bias" in params["conv1"]["conv"]
+    feed = params["layer1_0_conv2"]  # 16 -> 64 channels: 1x1 conv with bias
+    assert feed["shortcut_conv"]["kernel"].shape == (1, 1, 16, 64)
+    assert "bias" in feed["shortcut_conv"] and "shortcut_bn" not in feed
+    assert set(feed["head"]) == {"bn", "sim_proj", "decoder"}  # loss-only BatchNorm
+    # the final BatchNorm: running averages, no scale/bias in local learning
+    assert "bn_final" in variables["batch_stats"]["layer3_1_conv2"]
+    assert "bn_final" not in params["layer3_1_conv2"]
+    blocks = {layer.name: layer for layer in model.layers if hasattr(layer, "name")}
+    assert blocks["layer1_0_conv1"].out_dropout == 0.3 and blocks["layer1_0_conv1"].dropout == 0
+    assert blocks["conv1"].dropout == 0 and blocks["conv1"].out_dropout == 0
+    adapted = build_model("wresnet16-4a", 10, "predsim", dropout=0.3)
+    blocks = {layer.name: layer for layer in adapted.layers if hasattr(layer, "name")}
+    assert blocks["layer1_0_conv1"].dropout == 0.3 and blocks["layer1_0_conv1"].out_dropout == 0
+    backprop = shapes_of(build_model("wresnet16-4", 10, "backprop"))["params"]
+    assert set(backprop["layer3_1_conv2"]["bn_final"]) == {"scale", "bias"}
+
+
+def test_adapted_wide_resnet_widths():
+    params = shapes_of(build_model("wresnet16-4a", 10, "backprop"))["params"]
+    assert params["conv1"]["conv"]["kernel"].shape == (3, 3, 3, 64)
+    assert "shortcut_conv" not in params["layer1_0_conv2"]  # 64 -> 64, stride 1
+    assert params["output"]["dense"]["kernel"].shape == (16 * 256, 10)  # 2x2 max pool of 8x8
+
+
+# (block, output size H = W, channels) at a 32x32 input: the first unit of a stage
+# strides on its first conv in a ResNet, on its second in a Wide ResNet
+OUTPUT_SIZES = {
+    "resnet18": [
+        ("conv1", 32, 64),
+        ("layer1_1_conv2", 32, 64),
+        ("layer2_0_conv1", 16, 128),
+        ("layer2_0_conv2", 16, 128),
+        ("layer3_0_conv1", 8, 256),
+        ("layer4_0_conv2", 4, 512),
+        ("layer4_1_conv2", 4, 512),
+    ],
+    "wresnet10-8": [
+        ("conv1", 32, 16),
+        ("layer1_0_conv2", 32, 128),
+        ("layer2_0_conv1", 32, 256),
+        ("layer2_0_conv2", 16, 256),
+        ("layer3_0_conv1", 16, 512),
+        ("layer3_0_conv2", 8, 512),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(OUTPUT_SIZES))
+def test_decoder_pool_follows_the_actual_output_size(name):
+    # the reference's BasicBlock tells a strided unit the size of its input (and then
+    # fails in local learning); the pool here is sized from the block's real output
+    dim = 1000
+    params = shapes_of(build_model(name, 10, "pred", dim_in_decoder=dim))["params"]
+    for block, size, channels in OUTPUT_SIZES[name]:
+        _, _, (oh, ow) = decoder_pool_geometry(channels, size, size, dim)
+        assert params[block]["head"]["decoder"]["kernel"].shape == (channels * oh * ow, 10)
+
+
+def test_build_model_errors():
+    with pytest.raises(ConfigError, match="6n\\+4"):
+        build_model("wresnet12-4", 10)
+    with pytest.raises(ConfigError, match="resnet18.*wresnet16-4a"):
+        build_model("resnet19", 10)
+    with pytest.raises(ConfigError, match="pre_act"):
+        build_model("wresnet16-4", 10, pre_act=True)
+    with pytest.raises(ConfigError, match="recon"):
+        build_model("resnet18", 10, unsup="recon")
+    with pytest.raises(ConfigError, match="feat_mult"):
+        build_model("resnet18", 10, feat_mult=1 / 128)
+    assert build_model("wresnet22-2", 10) is not None  # any depth 6n+4
+
+
+def test_similarity_without_std_flattens_feature_maps():
+    z = jax.random.normal(jax.random.key(0), (4, 3, 3, 8))
+    flat = similarity_matrix(z.reshape(4, -1))
+    np.testing.assert_allclose(similarity_matrix(z, use_std=False), flat, rtol=1e-6)
+    assert not np.allclose(similarity_matrix(z), flat)
+    cfg = lj.HeadConfig(similarity_std=False)
+    assert not cfg.similarity_std
+
+
+# ------------------------------------------------------------ training
+B = 8
+TINY = {
+    "resnet18": dict(feat_mult=1 / 16, dropout=0.1),
+    "wresnet16-4": dict(feat_mult=1 / 8, dropout=0.1),
+}
+_SETUP = {}
+
+
+def _preprocess(images, key):
+    x = images.astype(jnp.float32) / 255.0
+    return x + 0.1 * jax.random.normal(key, x.shape)
+
+
+def tiny(name):
+    """A small-width model, a batch of 8 32x32 images and its initial train state (the
+    init compiles once for both tests below)."""
+    if name not in _SETUP:
+        model = build_model(name, 10, "predsim", **TINY[name])
+        rng = np.random.default_rng(0)
+        images = jnp.asarray(rng.integers(0, 256, (B, 32, 32, 3), dtype=np.uint8))
+        labels = jnp.asarray(rng.integers(0, 10, (B,), dtype=np.int32))
+        x0 = _preprocess(images[:2], jax.random.key(0))
+        state = create_train_state(model, optax.adam(1e-3), jax.random.key(1), x0, labels[:2])
+        _SETUP[name] = model, images, labels, state
+    return _SETUP[name]
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_per_block_step_equals_single_gradient_step(name):
+    model, images, labels, state0 = tiny(name)
+    tx = optax.adam(1e-3)
+    results = []
+    for make in (make_train_step, make_reference_train_step):
+        step = jax.jit(make(model, tx, preprocess=_preprocess, seed=0))
+        state, history = state0, []
+        for _ in range(2):
+            state, metrics = step(state, images, labels)
+            history.append(metrics)
+        results.append((state, history))
+    (fused, m_fused), (ref, m_ref) = results
+    for a, b in (
+        (fused.params, ref.params),
+        (fused.batch_stats, ref.batch_stats),
+        (m_fused, m_ref),
+    ):
+        la, ta = jax.tree_util.tree_flatten(a)
+        lb, tb = jax.tree_util.tree_flatten(b)
+        assert ta == tb
+        for u, v in zip(la, lb, strict=True):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+    # the steps did train: the projection moved with its block, running averages too
+    moved = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), state0.params, ref.params)
+    assert all(jax.tree_util.tree_leaves(moved["layer2_0_conv2"]))
+    stats = jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.any(a != b)), state0.batch_stats, ref.batch_stats
+    )
+    assert all(jax.tree_util.tree_leaves(stats))
+    n_blocks = len([k for k in m_ref[0] if k.startswith("local_loss/")])
+    assert n_blocks == (17 if name == "resnet18" else 13)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_each_local_loss_trains_its_own_block_only(name):
+    model, images, labels, state = tiny(name)
+    x = _preprocess(images, jax.random.key(0))
+    owners = lj.check_gradient_isolation(model, state.variables(), x, labels)
+    by_block = {}
+    for loss_name, paths in owners.items():
+        for path in paths:
+            by_block.setdefault(path.split("/")[0], set()).add(loss_name)
+    # every block's parameters, the projection shortcut included, have one owner: the
+    # local loss of that block (the output layer: the output loss)
+    assert set(by_block) == set(state.params)
+    assert all(len(v) == 1 for v in by_block.values())
+    projection = next(
+        k for k, paths in owners.items() if "layer2_0_conv2/shortcut_conv/kernel" in paths
+    )
+    assert "(layer2_0_conv2)" in projection
