@@ -146,3 +146,34 @@ def nan_rate_from_update(monkeypatch, first_nan_update: int) -> None:
             lambda count: jnp.where(count >= first_nan_update, jnp.nan, 1e-3)
         ),
     )
+
+
+def read_event_scalars(path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} from one TensorBoard event file (TFRecord framing: u64
+    length, u32 crc, payload, u32 crc), parsed with tensorboardX's own protobufs."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+        pos += 12 + length + 4
+        for value in event.summary.value:
+            out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
+def read_workdir_event_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+    """`read_event_scalars` over every event file in `workdir`, merged."""
+    import glob
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(glob.glob(os.path.join(str(workdir), "events.out.tfevents.*"))):
+        for tag, points in read_event_scalars(path).items():
+            out.setdefault(tag, []).extend(points)
+    return out

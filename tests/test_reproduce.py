@@ -4,9 +4,9 @@ run), experiments/plot.py, and the TensorBoard side of MetricWriter."""
 import glob
 import json
 import os
-import struct
 
 import pytest
+from conftest import read_event_scalars
 
 from experiments import plot, reproduce
 from localjax.data import DEBIAN_FASHION_MNIST
@@ -155,24 +155,6 @@ def test_cli_refuses_a_root_it_cannot_write_in_one_line(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- TensorBoard, plots
-def _read_scalars(path):
-    """{tag: [(step, value)]} from a TensorBoard event file (TFRecord framing: u64
-    length, u32 crc, payload, u32 crc), parsed with tensorboardX's own protobufs."""
-    from tensorboardX.proto import event_pb2
-
-    out = {}
-    with open(path, "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos < len(data):
-        (length,) = struct.unpack("<Q", data[pos : pos + 8])
-        event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
-        pos += 12 + length + 4
-        for value in event.summary.value:
-            out.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return out
-
-
 def test_metric_writer_writes_tensorboard_scalars(tmp_path):
     workdir = str(tmp_path)
     with MetricWriter(workdir) as writer:
@@ -182,17 +164,17 @@ def test_metric_writer_writes_tensorboard_scalars(tmp_path):
     assert lines[1]["test_error"] == 15.0
     events = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
     assert len(events) == 1
-    scalars = _read_scalars(events[0])
+    scalars = read_event_scalars(events[0])
     assert set(scalars) == {"test_error", "local_error/block_0"}
     assert scalars["test_error"] == [(1, 20.0), (2, 15.0)]
     assert scalars["local_error/block_0"] == [(1, 30.0), (2, 25.0)]
     # appending (resumed run) keeps the earlier events; a new run removes them
     MetricWriter(workdir, append=True).close()
     kept = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
-    assert sum(len(v) for f in kept for v in _read_scalars(f).values()) == 4
+    assert sum(len(v) for f in kept for v in read_event_scalars(f).values()) == 4
     MetricWriter(workdir).close()
     (new,) = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
-    assert _read_scalars(new) == {}
+    assert read_event_scalars(new) == {}
 
 
 def test_metric_writer_without_tensorboardx_warns_once(tmp_path, monkeypatch):

@@ -9,12 +9,17 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 
 import numpy as np
 import pytest
-from conftest import cli, make_tiny_config, nan_rate_from_update, read_records
+from conftest import (
+    cli,
+    make_tiny_config,
+    nan_rate_from_update,
+    read_records,
+    read_workdir_event_scalars,
+)
 
 from localjax import data as data_lib
 from localjax.data import fingerprint
@@ -46,25 +51,6 @@ def _damage(checkpoint: str) -> None:
         f.truncate(os.path.getsize(largest) // 3)
 
 
-def _read_event_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value)]} over every TensorBoard event file in `workdir`, parsed with
-    tensorboardX's protobufs (TFRecord framing: u64 length, u32 crc, payload, u32 crc)."""
-    from tensorboardX.proto import event_pb2
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(glob.glob(os.path.join(str(workdir), "events.out.tfevents.*"))):
-        with open(path, "rb") as f:
-            data = f.read()
-        pos = 0
-        while pos + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[pos : pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
-            pos += 12 + length + 4
-            for value in event.summary.value:
-                out.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return out
-
-
 def assert_events_match_metrics(workdir) -> None:
     """Every numeric metrics.jsonl value is in the event files exactly once, and nothing
     else is: TensorBoard shows what metrics.jsonl holds."""
@@ -75,7 +61,7 @@ def assert_events_match_metrics(workdir) -> None:
         for k, v in r.items():
             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool):
                 want.setdefault(k, []).append((r["epoch"], v))
-    got = _read_event_scalars(workdir)
+    got = read_workdir_event_scalars(workdir)
     assert sorted(got) == sorted(want)
     for tag, points in want.items():
         assert [s for s, _ in sorted(got[tag])] == [s for s, _ in points], tag
