@@ -69,6 +69,19 @@ flags.DEFINE_list("sweep_depths", ["2", "4", "8", "16"], "Depths of --sweep=dept
 flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
 
 
+def _flops_lines(r: dict, xla: float | None) -> str:
+    xla_text = "n/a" if xla is None else f"{xla / 1e9:.3f}"
+    if r["flops_per_step"] is None:  # blocks model_flops cannot count (residual units)
+        return f"  model FLOPs    not counted (XLA cost analysis: {xla_text} GFLOP/step)\n"
+    return (
+        f"  model FLOPs    {r['flops_per_step'] / 1e9:.3f} GFLOP/step "
+        f"(XLA cost analysis: {xla_text})\n"
+        f"  achieved       {r['achieved_gflops']:.1f} GFLOP/s = "
+        f"{100 * r['peak_fraction']:.1f} % of the matmul peak "
+        f"{r['matmul_peak_gflops']:.1f} GFLOP/s\n"
+    )
+
+
 def _fmt_bytes(x: int | None) -> str:
     return "n/a" if x is None else f"{x / 2**20:.1f} MiB"
 
@@ -130,11 +143,7 @@ def _run() -> None:
         f"  compile        {r['compile_seconds']:.2f} s\n"
         f"  step           {r['ms_per_step']:.2f} ms (median), "
         f"{r['examples_per_s']:.0f} examples/s\n"
-        f"  model FLOPs    {r['flops_per_step'] / 1e9:.3f} GFLOP/step "
-        f"(XLA cost analysis: {'n/a' if xla is None else f'{xla / 1e9:.3f}'})\n"
-        f"  achieved       {r['achieved_gflops']:.1f} GFLOP/s = "
-        f"{100 * r['peak_fraction']:.1f} % of the matmul peak "
-        f"{r['matmul_peak_gflops']:.1f} GFLOP/s\n"
+        + _flops_lines(r, xla)
         + (
             ""
             if r["matmul_ceiling_gflops"] is None

@@ -180,8 +180,11 @@ def benchmark(
     seconds = statistics.median(times) / scan_steps
     if measure_peak:
         peak_gflops = 2.0 * peak_size**3 / statistics.median(peak_times) / 1e9
-    flops = model_flops(model, batch_size, image_shape)
-    achieved = flops / seconds / 1e9
+    try:
+        flops = model_flops(model, batch_size, image_shape)
+    except TypeError:  # blocks it cannot count (residual units): XLA's count stands alone
+        flops = None
+    achieved = None if flops is None else flops / seconds / 1e9
     ceiling = None
     if model_name == "mlp":
         ceiling = matmul_ceiling_gflops(
@@ -206,11 +209,11 @@ def benchmark(
         "xla_flops_per_step": xla_flops,
         "achieved_gflops": achieved,
         "matmul_peak_gflops": peak_gflops,
-        "peak_fraction": achieved / peak_gflops,
+        "peak_fraction": None if achieved is None else achieved / peak_gflops,
         # the step's matmul shapes timed alone (mlp only): what the kernels reach there
         "matmul_ceiling_gflops": ceiling,
         "ceiling_peak_fraction": None if ceiling is None else ceiling / peak_gflops,
-        "ceiling_fraction": None if ceiling is None else achieved / ceiling,
+        "ceiling_fraction": None if ceiling is None or achieved is None else achieved / ceiling,
         "params_inference": params_inference,
         "params_total": params_total,
         "temp_bytes": int(mem.temp_size_in_bytes) if mem else None,
