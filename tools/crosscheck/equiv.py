@@ -675,21 +675,12 @@ def ref_overrides(c):
 def ref_train_step(ns, args, model, opt, blocks, data, target):
     """The body of the reference's train() loop for one batch (as refbench.train_step),
     returning the logits and each block's own loss statistics."""
-    F = ns['torch'].nn.functional
+    import refbench
+
     for m in blocks:
         m.clear_stats()
-    target_onehot = ns['to_one_hot'](target, NUM_CLASSES)
-    opt.zero_grad()
-    model.optim_zero_grad()
-    output, loss_local = model(data, target, target_onehot)
-    loss = F.cross_entropy(output, target)
-    if args.loss_sup == 'predsim' and not args.backprop:
-        loss *= (1 - args.beta)
-    loss_global = loss.item()
-    loss.backward()
-    opt.step()
-    if args.no_detach:
-        model.optim_step()
+    output, loss_local, loss_global, correct = refbench.train_step(
+        ns, args, model, opt, data, target)
     per_block = []
     for m in blocks:
         if args.backprop or not m.examples:
@@ -699,7 +690,6 @@ def ref_train_step(ns, args, model, opt, blocks, data, target):
                  sim=m.loss_sim / m.examples if args.loss_sup != 'pred' else None)
         d['loss'] = (d['pred'] or 0.0) + (d['sim'] or 0.0)
         per_block.append(d)
-    correct = int(output.max(1)[1].eq(target).sum())
     return output.detach().cpu().numpy(), loss_local, loss_global, per_block, correct
 
 

@@ -271,7 +271,8 @@ def normalize(images_u8):
 # Reference train step / eval
 # --------------------------------------------------------------------------
 def train_step(ns, args, model, opt, data, target):
-    """Body of the reference train() loop for one batch."""
+    """Body of the reference train() loop for one batch; returns
+    (output logits, the model's summed local loss, the output loss, correct count)."""
     F = ns['torch'].nn.functional
     target_onehot = ns['to_one_hot'](target, NUM_CLASSES)
     opt.zero_grad()
@@ -286,7 +287,7 @@ def train_step(ns, args, model, opt, data, target):
     if args.no_detach:
         model.optim_step()
     correct = int(output.max(1)[1].eq(target).sum())
-    return loss_local, loss_global, correct
+    return output, loss_local, loss_global, correct
 
 
 def rss_mib():
@@ -599,7 +600,7 @@ def cmd_train(a):
                                   normalize(xtr[idx]))
             yb = ytr_t[idx]
             t1 = time.perf_counter()
-            ll, lg, c = train_step(ns, args, model, opt, xb, yb)
+            _, ll, lg, c = train_step(ns, args, model, opt, xb, yb)
             t2 = time.perf_counter()
             t_data += t1 - t0
             t_step += t2 - t1
