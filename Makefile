@@ -37,8 +37,11 @@ train: venv data
 	$(PY) -m experiments.train --config=$(CONFIG) --workdir=$(WORKDIR) \
 		--config.epochs=$(EPOCHS) --config.data_dir=$(FMNIST_DIR)
 
+# The suite is mostly single-threaded XLA compiles: one pytest worker per core (at most 4)
+# halves its wall time on CI's 2 cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 tests
 
 lint: venv
 	$(VENV)/bin/ruff check localjax experiments tests examples && $(VENV)/bin/ruff format --check localjax experiments tests examples

@@ -6,6 +6,8 @@ Usage::
     python -m experiments.benchmark --model=vgg8b --loss=predsim --dim_in_decoder=1024 \
         --steps=3 --warmup=1
     python -m experiments.benchmark --sweep=depth --json       # MLP 2/4/8/16 blocks
+    python -m experiments.benchmark --pipeline_stages=2 --depth=4 --json   # docs/pipeline.md
+    python -m experiments.benchmark --model=resnet18 --dataset=cifar10 --compile_only --json
 
 A thin wrapper of `localjax.perf.benchmark` (flags and printing). For one configuration it
 compiles the real train step (with the dataset's augmentation as training runs it, on
@@ -16,11 +18,12 @@ convolutions counted from the architecture, see `model_flops`) beside XLA's own 
 same run (median of `--peak_size`² matmuls in `--dtype`), their ratio, and the compiled
 step's memory (`memory_analysis()`: temp and argument bytes).
 
-`--json` prints one JSON object as the last line. `--sweep=depth` runs MLPs of 2, 4, 8
-and 16 blocks, local (`--loss`, default predsim) and backprop, and with `--json` prints
-`{"rows": [...]}` last. Nothing here is CPU-specific: on GPU/TPU pass `--dtype=bfloat16`
-for bf16 compute. A bad flag value (unknown model, dataset, dtype) ends with one `error:`
-line; any other exception keeps its traceback.
+`--compile_only` stops after compiling: memory and parameter counts, no timing (the
+timing fields are null). `--json` prints one JSON object as the last line. `--sweep=depth`
+runs MLPs of 2, 4, 8 and 16 blocks, local (`--loss`, default predsim) and backprop, and
+with `--json` prints `{"rows": [...]}` last. Nothing here is CPU-specific: on GPU/TPU
+pass `--dtype=bfloat16` for bf16 compute. A bad flag value (unknown model, dataset, dtype)
+ends with one `error:` line; any other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ from absl import app, flags
 from localjax.errors import ConfigError, DatasetError
 from localjax.models import COMPUTE_DTYPES
 from localjax.perf.benchmark import benchmark, depth_sweep
+from localjax.perf.pipeline_timing import benchmark_pipeline
 
 __all__ = ["main"]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "mlp", "mlp or a VGG config name (vgg8b, ...).")
+flags.DEFINE_string(
+    "model", "mlp", "mlp, a VGG (vgg8b, ...), resnet18..resnet152 or wresnet<d>-<k>[a]."
+)
 flags.DEFINE_integer("depth", None, "Dense blocks (default: 3 for mlp, 1 after a VGG stack).")
 flags.DEFINE_integer("num_hidden", 1024, "Units per dense block (width).")
 flags.DEFINE_float("feat_mult", 1.0, "VGG channel multiplier.")
@@ -66,12 +72,22 @@ flags.DEFINE_integer("scan_steps", 1, "Steps per dispatch (make_multi_step) when
 flags.DEFINE_integer("peak_size", 2048, "Side of the square matmuls timing the peak.")
 flags.DEFINE_enum("sweep", "none", ["none", "depth"], "depth: MLP 2/4/8/16 blocks, local+bp.")
 flags.DEFINE_list("sweep_depths", ["2", "4", "8", "16"], "Depths of --sweep=depth.")
+flags.DEFINE_bool(
+    "compile_only", False, "Compile and report memory and parameters; run no step (no timing)."
+)
 flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
+flags.DEFINE_integer(
+    "pipeline_stages",
+    1,
+    "S > 1: time the pipelined step (docs/pipeline.md) on every device as S stages: the "
+    "tick, each stage alone and the bubble fraction.",
+)
+flags.DEFINE_list("pipeline_cuts", [], "First block of each stage after the first; [] = FLOPs.")
 
 
 def _flops_lines(r: dict, xla: float | None) -> str:
     xla_text = "n/a" if xla is None else f"{xla / 1e9:.3f}"
-    if r["flops_per_step"] is None:  # blocks model_flops cannot count (residual units)
+    if r["flops_per_step"] is None:  # blocks model_flops cannot count (a LocalBlock)
         return f"  model FLOPs    not counted (XLA cost analysis: {xla_text} GFLOP/step)\n"
     return (
         f"  model FLOPs    {r['flops_per_step'] / 1e9:.3f} GFLOP/step "
@@ -115,6 +131,9 @@ def _run() -> None:
         conv_wgrad=FLAGS.conv_wgrad,
     )
     print(f"backend {jax.default_backend()}, devices {jax.devices()}", flush=True)
+    if FLAGS.pipeline_stages > 1:
+        _run_pipeline(common)
+        return
     if FLAGS.sweep == "depth":
         local_loss = "predsim" if FLAGS.loss == "backprop" else FLAGS.loss
         depths = tuple(int(d) for d in FLAGS.sweep_depths)
@@ -134,9 +153,25 @@ def _run() -> None:
         depth=FLAGS.depth,
         feat_mult=FLAGS.feat_mult,
         dim_in_decoder=FLAGS.dim_in_decoder,
+        compile_only=FLAGS.compile_only,
         **common,
     )
     xla = r["xla_flops_per_step"]
+    if FLAGS.compile_only:
+        print(
+            f"{r['model']} {r['loss']} batch {r['batch_size']} {r['dtype']} ({r['impl']}), "
+            f"compiled only\n"
+            f"  compile        {r['compile_seconds']:.2f} s\n"
+            f"  memory         temp {_fmt_bytes(r['temp_bytes'])}, "
+            f"arguments {_fmt_bytes(r['argument_bytes'])}, "
+            f"output {_fmt_bytes(r['output_bytes'])}\n"
+            f"  parameters     {r['params_inference']:,} inference, {r['params_total']:,} with "
+            "local heads",
+            flush=True,
+        )
+        if FLAGS.json:
+            print(json.dumps(r))
+        return
     print(
         f"{r['model']} depth {r['depth']} width {r['num_hidden']} {r['loss']} "
         f"batch {r['batch_size']} {r['dtype']} ({r['impl']}, {r['scan_steps']} step/dispatch)\n"
@@ -156,6 +191,41 @@ def _run() -> None:
         f"arguments {_fmt_bytes(r['argument_bytes'])}\n"
         f"  parameters     {r['params_inference']:,} inference, {r['params_total']:,} with "
         "local heads",
+        flush=True,
+    )
+    if FLAGS.json:
+        print(json.dumps(r))
+
+
+def _run_pipeline(common: dict) -> None:
+    """--pipeline_stages=S: `benchmark_pipeline` printed (and as JSON with --json)."""
+    r = benchmark_pipeline(
+        model_name=FLAGS.model,
+        loss=FLAGS.loss,
+        num_stages=FLAGS.pipeline_stages,
+        cuts=tuple(int(c) for c in FLAGS.pipeline_cuts) or None,
+        depth=FLAGS.depth,
+        feat_mult=FLAGS.feat_mult,
+        dim_in_decoder=FLAGS.dim_in_decoder,
+        **{k: common[k] for k in ("num_hidden", "batch_size", "steps", "warmup", "dtype")},
+        **{k: common[k] for k in ("bio", "nonlin", "dropout", "dataset", "conv_wgrad")},
+    )
+    stages = " | ".join(
+        f"blocks {b[0]}-{b[-1]}: {ms:.2f} ms, {100 * f:.0f}% FLOPs"
+        for b, ms, f in zip(r["stage_blocks"], r["stage_ms"], r["stage_flop_shares"], strict=True)
+    )
+    print(
+        f"{r['model']} {r['loss']} batch {r['batch_size']} {r['dtype']}, pipelined over "
+        f"{r['num_stages']} stages x {r['data_devices']} data devices (cuts {r['cuts']})\n"
+        f"  compile        {r['compile_seconds']:.2f} s\n"
+        f"  tick           {r['tick_ms']:.2f} ms (median), {r['examples_per_s']:.0f} examples/s\n"
+        f"  stages alone   {stages}\n"
+        f"  bubble         {100 * r['bubble_fraction']:.1f} % of stage time over an epoch of "
+        f"{r['batches_per_epoch']} batches (fill/drain {100 * r['fill_drain_fraction']:.1f} %, "
+        f"imbalance {100 * r['imbalance_fraction']:.1f} %)\n"
+        f"  state          {_fmt_bytes(r['state_bytes_per_device'])} per device, padding "
+        f"{100 * r['padding_waste']:.1f} %; activations sent "
+        f"{_fmt_bytes(r['activation_bytes_per_tick'])} per tick",
         flush=True,
     )
     if FLAGS.json:

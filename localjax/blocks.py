@@ -69,6 +69,8 @@ class LocalDense(nn.Module):
       nonlin: `relu` or `leakyrelu`.
       dropout: dropout rate on the passed-on output.
       first_layer: whether this is the network's first block (no `recon` term).
+      batch_norm: the BatchNorm `bn`; False is the reference's `--no-batch-norm`
+        (Linear → nonlinearity, no `batch_stats`; the Linear keeps its bias either way).
       dtype: compute dtype (parameters stay float32).
 
     Call: `block(x, labels=None, *, train=False)` with `x` `[B, ...]` float (flattened to
@@ -88,6 +90,7 @@ class LocalDense(nn.Module):
     nonlin: str = "relu"
     dropout: float = 0.0
     first_layer: bool = False
+    batch_norm: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -105,7 +108,8 @@ class LocalDense(nn.Module):
             dtype=self.dtype,
             name="dense",
         )(x)
-        h = _batch_norm(train, self.dtype, "bn")(h)
+        if self.batch_norm:
+            h = _batch_norm(train, self.dtype, "bn")(h)
         h = activation(self.nonlin)(h)
         out = nn.Dropout(self.dropout, deterministic=not train)(h)
         return out, _local_terms(self, h, labels, x)
@@ -124,6 +128,8 @@ class LocalConv(nn.Module):
         stride 2, padding 3 conv for inputs larger than `LARGE_INPUT` px (STL-10);
         `geometry` applies the rule.
       first_layer: whether this is the network's first block (no `recon` term).
+      batch_norm: the BatchNorm `bn`; False is the reference's `--no-batch-norm`
+        (Conv → nonlinearity, no `batch_stats`; the conv keeps its bias either way).
       dtype: compute dtype (parameters stay float32).
 
     Call: `block(x, labels=None, *, train=False)` with `x` `[B, H, W, C_in]` float and
@@ -147,6 +153,7 @@ class LocalConv(nn.Module):
     padding: int = 1
     large_input_stem: bool = False
     first_layer: bool = False
+    batch_norm: bool = True
     dtype: Any = jnp.float32
 
     @nn.nowrap
@@ -183,7 +190,8 @@ class LocalConv(nn.Module):
             dtype=self.dtype,
             name="conv",
         )(x)
-        h = _batch_norm(train, self.dtype, "bn")(h)
+        if self.batch_norm:
+            h = _batch_norm(train, self.dtype, "bn")(h)
         h = activation(self.nonlin)(h)
         # Dropout2d: one mask value per (example, channel), broadcast over H and W
         out = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(h)
@@ -208,20 +216,25 @@ class _NormedHead(nn.Module):
     Its BatchNorm (`bn`) serves the local loss only, as in the reference, where a block
     without post-activation normalises its output for the loss alone; it lives beside the
     heads' own parameters under `<block>/head`, so `count_params` counts it with them.
+    Without `batch_norm` (the reference's `--no-batch-norm`) the heads see
+    nonlinearity(h) only.
     """
 
     config: HeadConfig
     nonlin: str = "relu"
     dtype: Any = jnp.float32
+    batch_norm: bool = True
 
     def setup(self):
-        self.bn = TorchBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=self.dtype)
+        if self.batch_norm:
+            self.bn = TorchBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=self.dtype)
         self.heads = LocalHead(self.config, nonlin=self.nonlin)
         nn.share_scope(self, self.heads)  # the heads' parameters sit beside `bn`
 
     def __call__(self, h, labels, *, x, train: bool):
-        h = activation(self.nonlin)(self.bn(h, use_running_average=not train))
-        return self.heads(h, labels, x=x)
+        if self.batch_norm:
+            h = self.bn(h, use_running_average=not train)
+        return self.heads(activation(self.nonlin)(h), labels, x=x)
 
 
 class LocalResConv(nn.Module):
@@ -247,6 +260,8 @@ class LocalResConv(nn.Module):
     for the loss only (BatchNorm → nonlinearity, under `<block>/head/bn`), as the
     reference does. Channel dropout (`dropout`) thus hits the input in a pre-activation
     block and the output in a post-activation one, and neither in a block with neither.
+    Without `batch_norm` the steps `bn_pre`, `bn` and the loss-only BatchNorm are left
+    out (`shortcut_bn`, `bn_final` stay).
 
     Attributes:
       features: C_out.
@@ -276,6 +291,11 @@ class LocalResConv(nn.Module):
         its weight and bias (its global optimizer holds the output layer alone).
       final_norm_momentum: Flax momentum of `bn_final`'s running averages (the
         reference's `bn1` has PyTorch momentum 0.9, i.e. Flax 0.1).
+      batch_norm: the block's own BatchNorms (`bn_pre`, `bn`, the loss-only `head/bn`).
+        False is the reference's `--no-batch-norm`, which reaches its
+        `LocalLossBlockConv` only: the projection's `shortcut_bn` and the final
+        `bn_final` stay, and the conv's bias stays as `use_bias` says (a ResNet's
+        convolutions then have neither BatchNorm nor bias).
       dtype: compute dtype (parameters stay float32).
 
     Call: `block(x, labels=None, *, train=False)` with `x` `[B, H, W, C_in]` float or a
@@ -310,6 +330,7 @@ class LocalResConv(nn.Module):
     final_norm: bool = False
     final_norm_affine: bool = True
     final_norm_momentum: float = BN_MOMENTUM
+    batch_norm: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -329,7 +350,9 @@ class LocalResConv(nn.Module):
         act = activation(self.nonlin)
         a = h
         if self.pre_act:
-            a = act(_batch_norm(train, self.dtype, "bn_pre")(a))
+            if self.batch_norm:
+                a = _batch_norm(train, self.dtype, "bn_pre")(a)
+            a = act(a)
             a = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(a)
         k = self.kernel_size
         z = nn.Conv(
@@ -343,7 +366,7 @@ class LocalResConv(nn.Module):
             dtype=self.dtype,
             name="conv",
         )(a)
-        if self.post_act:
+        if self.post_act and self.batch_norm:
             z = _batch_norm(train, self.dtype, "bn")(z)
         if self.shortcut is not None:
             z = z + self._shortcut(x_unit, z.shape, train)
@@ -368,9 +391,9 @@ class LocalResConv(nn.Module):
             if self.post_act:
                 local = LocalHead(self.head, nonlin=self.nonlin, name="head")(z, labels, x=a)
             else:
-                local = _NormedHead(self.head, self.nonlin, self.dtype, name="head")(
-                    z, labels, x=a, train=train
-                )
+                local = _NormedHead(
+                    self.head, self.nonlin, self.dtype, self.batch_norm, name="head"
+                )(z, labels, x=a, train=train)
         return ((out, x_unit) if self.keep_input else out), local
 
     def _shortcut(self, x_unit: jax.Array, shape: tuple[int, ...], train: bool) -> jax.Array:

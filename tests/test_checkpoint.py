@@ -1,10 +1,14 @@
 """Checkpoints and resume: a run killed at any point (even inside a checkpoint write)
 resumes to exactly the metrics (and TensorBoard events) of an uninterrupted run; a
 non-finite loss stops the run naming its step and block and keeps the last good
-checkpoint. More faults around resuming: test_resume_faults.py."""
+checkpoint. Sharded checkpoints: a state split over 8 devices comes back on 8, 2 or 1,
+one that cannot be laid out on the devices is refused in one line, and checkpoints
+written the old way (NumPy, process 0) still restore and resume exactly. More faults
+around resuming: test_resume_faults.py; two processes: test_multihost.py."""
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,12 +16,17 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import cli, make_tiny_config, nan_rate_from_update, read_records
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from test_resume_faults import assert_events_match_metrics
 
+from localjax.errors import ConfigError
 from localjax.training import loop as train
-from localjax.training.checkpoints import Checkpointer
+from localjax.training.checkpoints import Checkpointer, CheckpointLayoutError
+from localjax.training.resume import restore, trajectory_config
 
 RUN = dict(epochs=6, train_limit=256, checkpoint_every=1, keep=2)
 # Runs the main job, but SIGKILLs itself inside the write of epoch 2's checkpoint: after the
@@ -72,6 +81,142 @@ def test_checkpoint_round_trip_is_exact(tiny_config, tmp_path):
     assert meta["epoch"] == 1 and meta["data_order"]["next_epoch"] == 2
     np.testing.assert_array_equal(restored["w"], state["w"])
     assert restored["w"].dtype == np.float32 and int(restored["count"]) == 7
+
+
+# -- sharded checkpoints: each device's shards written, read back on any device count ----
+
+
+def _mesh(n: int) -> Mesh:
+    return Mesh(np.asarray(jax.devices()[:n]), ("data",))
+
+
+def _sharded_state(n: int, values=None):
+    """A state laid out on the first n devices: `w` [8, 4] split over `data` along axis 0,
+    `v` [4, 16] along axis 1, the rest replicated; zeros unless `values` (NumPy) given."""
+    values = values or _STATE_VALUES
+    mesh = _mesh(n)
+    specs = {"w": P("data"), "v": P(None, "data"), "b": P(), "step": P()}
+    return {
+        **{k: jax.device_put(values[k], NamedSharding(mesh, spec)) for k, spec in specs.items()},
+        "empty": {},
+    }
+
+
+_RNG = np.random.default_rng(0)
+_STATE_VALUES = {
+    "w": _RNG.normal(size=(8, 4)).astype(np.float32),
+    "v": _RNG.normal(size=(4, 16)).astype(np.float32),
+    "b": _RNG.normal(size=(3,)).astype(np.float32),
+    "step": np.int32(12),
+}
+_ZEROS = {k: np.zeros_like(v) for k, v in _STATE_VALUES.items()}
+
+
+def _assert_restored(restored, template):
+    """Exact values, each array laid out as the template's."""
+    for k, want in _STATE_VALUES.items():
+        got = restored[k]
+        assert isinstance(got, jax.Array) and got.sharding == template[k].sharding, k
+        assert got.dtype == want.dtype, k
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=k)
+        for shard in got.addressable_shards:  # each device holds its own piece only
+            np.testing.assert_array_equal(np.asarray(shard.data), want[shard.index], err_msg=k)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 fake CPU devices (conftest)")
+def test_a_state_sharded_over_8_devices_restores_onto_8_2_and_1_devices(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=1)
+    ckpt.save(1, _sharded_state(8), {"epoch": 1, "stream": {"shard": [0, 1]}})
+    # written as shards: the metadata records how (and the shapes, read without the data)
+    metadata = ckpt.saved_metadata(1)
+    assert tuple(metadata["w"].sharding.partition_spec) == ("data",)
+    assert ckpt.saved_shapes(1) == {"w": (8, 4), "v": (4, 16), "b": (3,), "step": ()}
+    for n in (8, 2, 1):  # the freshly initialised state placed on n devices: the layout
+        template = _sharded_state(n, _ZEROS)
+        _assert_restored(ckpt.restore_state(1, template), template)
+    restored, meta = ckpt.restore_latest(_sharded_state(2, _ZEROS))
+    assert meta == {"epoch": 1, "stream": {"shard": [0, 1]}}  # meta passed through as saved
+    ckpt.close()
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 fake CPU devices (conftest)")
+def test_resuming_onto_devices_the_checkpoint_cannot_be_laid_out_on_is_refused_in_one_line(
+    tiny_config, tmp_path
+):
+    config = tiny_config(epochs=2)
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=1)
+    meta = {"epoch": 1, "config": trajectory_config(config), "data": None}
+    ckpt.save(1, _sharded_state(8), meta)
+    # 3 devices: the template splits w [8, 4] 3 ways (it cannot be placed, so abstract)
+    mesh = _mesh(3)
+    template = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=NamedSharding(mesh, spec))
+        for (k, v), spec in zip(
+            _STATE_VALUES.items(), (P("data"), P(None, "data"), P(), P()), strict=True
+        )
+    }
+    template["empty"] = {}
+    with pytest.raises(CheckpointLayoutError):
+        ckpt.restore_state(1, template)
+    with pytest.raises(ConfigError) as e:
+        restore(ckpt, template, config, str(tmp_path))
+    message = str(e.value)
+    assert "\n" not in message and "cannot be laid out on this run's devices" in message
+    assert "v [4, 16] (written split as P(None, 'data') over 8 devices)" in message
+    assert "split 3 ways along axis 1 on the 3 device(s) here" in message
+    # the same checkpoint onto 2 devices resumes
+    epoch, state = restore(ckpt, _sharded_state(2, _ZEROS), config, str(tmp_path))
+    assert epoch == 1 and int(state["step"]) == 12
+    ckpt.close()
+
+
+def _save_the_old_way(directory, epoch, host_state, meta):
+    """A checkpoint as the code before sharded checkpoints wrote it: process 0 alone
+    (an Orbax manager of process 0 only), the state fetched to the host as NumPy."""
+    options = ocp.CheckpointManagerOptions(
+        create=False,
+        enable_async_checkpointing=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=0, active_processes={0}
+        ),
+    )
+    os.makedirs(directory, exist_ok=True)
+    manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+    manager.save(
+        epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
+        ),
+    )
+    manager.wait_until_finished()
+    manager.close()
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 fake CPU devices (conftest)")
+def test_a_checkpoint_written_the_old_way_restores_onto_any_layout(tmp_path):
+    _save_the_old_way(str(tmp_path), 1, {**_STATE_VALUES, "empty": {}}, {"epoch": 1})
+    ckpt = Checkpointer(str(tmp_path), keep=1)
+    assert ckpt.saved_metadata(1)["w"].sharding is None  # no sharding recorded: NumPy
+    for n in (8, 2, 1):
+        template = _sharded_state(n, _ZEROS)
+        _assert_restored(ckpt.restore_state(1, template), template)
+    ckpt.close()
+
+
+def test_a_run_resumes_exactly_from_a_checkpoint_written_the_old_way(
+    uninterrupted, tiny_data_dir, tmp_path
+):
+    config, reference_dir, reference = uninterrupted
+    train.train_and_evaluate(make_tiny_config(tiny_data_dir, **{**RUN, "epochs": 2}), str(tmp_path))
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    host_state, meta = ckpt.restore_as_saved(2), ckpt.restore_meta(2)
+    ckpt.close()
+    for epoch in ("1", "2"):
+        shutil.rmtree(tmp_path / "checkpoints" / epoch)
+    _save_the_old_way(str(tmp_path / "checkpoints"), 2, host_state, meta)
+    resumed = train.train_and_evaluate(config, str(tmp_path))
+    assert resumed["resumed_from_epoch"] == 2 and resumed["steps"] == reference["steps"]
+    assert read_records(tmp_path) == read_records(reference_dir)
 
 
 def _kill_at_random_point(config, workdir, seed):

@@ -115,6 +115,23 @@ _CASES = {
         ["--config.model=vgg8b", "--config.feat_mult=0"],
         ["feat_mult=0.0 leaves vgg8b's narrowest conv block", "1/128"],
     ),
+    # the bad input for the residual networks and the reference's switches
+    "unknown_model": (
+        ["--config.model=resnet19"],
+        ["unknown model 'resnet19'; choose one of [", "'resnet18'", "'wresnet28-10a'"],
+    ),
+    "wresnet_depth": (
+        ["--config.model=wresnet12-4"],
+        ["wresnet12-4: a Wide ResNet depth must be 6n+4"],
+    ),
+    "momentum_with_adam": (
+        ["--config.momentum=0.9"],
+        ["momentum=0.9 applies to optim='sgd' only"],
+    ),
+    "negative_weight_decay": (
+        ["--config.weight_decay=-0.0001"],
+        ["weight_decay=-0.0001 must be >= 0"],
+    ),
     "workdir_under_a_file": (
         [],
         ["workdir {tmp}/file/run cannot be created: {tmp}/file is a file"],

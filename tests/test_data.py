@@ -43,17 +43,24 @@ def test_spec_matches_method_table(name):
 
 
 def test_registry_is_the_seven_datasets():
-    assert sorted(data.SPECS) == NAMES
+    assert sorted(data.PAPER_DATASETS) == NAMES
+    # plus the ImageNet family, streamed (test_streaming.py)
+    assert set(data.SPECS) - set(NAMES) == {
+        "imagenet",
+        "imagenette",
+        "imagenet_resized_32",
+        "imagenet_resized_64",
+    }
     assert data.get_spec("svhn").train_splits == ("train", "extra")
     assert data.get_spec("kmnist").name == "kuzushiji_mnist"
     assert data.get_spec("svhn_cropped").name == "svhn"
 
 
 def test_unknown_names():
-    with pytest.raises(ValueError, match=r"unknown dataset 'imagenet'; choose one of \['cifar10'"):
-        data.get_spec("imagenet")
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*'stl10', 'svhn'"):
-        data.load("imagenet", "train")
+    with pytest.raises(ValueError, match=r"unknown dataset 'places365'; choose one of \['cifar10'"):
+        data.get_spec("places365")
+    with pytest.raises(ValueError, match="unknown dataset 'places365'.*'stl10', 'svhn'"):
+        data.load("places365", "train")
     with pytest.raises(ValueError, match="unknown split 'val'"):
         data.load("mnist", "val")
     with pytest.raises(ValueError, match=r"unknown data source 'web'; choose one of \['auto'"):

@@ -22,7 +22,7 @@ from test_readers import write_dataset
 from localjax import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = sorted(data.SPECS)
+NAMES = sorted(data.PAPER_DATASETS)  # the ImageNet family: test_streaming.py
 N_TRAIN, N_TEST, LIMIT = 20, 8, 16
 # a published row of each dataset's config file, shrunk by the flags below
 ROW = {"svhn": "vgg8b_predsim", "stl10": "vgg8b_predsim"}

@@ -41,20 +41,51 @@ ROWS = reference_rows()
 
 
 def test_reference_table_covers_every_residual_model():
-    names = {r["model"] for r in ROWS}
-    assert names == {n for n in MODEL_NAMES if n.startswith(("resnet", "wresnet"))}
-    assert {"wresnet16-4a", "wresnet28-10a", "resnet152"} <= names
+    residual = {n for n in MODEL_NAMES if n.startswith(("resnet", "wresnet"))}
+    with_bn = {r["model"] for r in ROWS if r["no_batch_norm"] == "0"}
+    assert with_bn == residual | {"mlp", "vgg8b"}
+    assert {"wresnet16-4a", "wresnet28-10a", "resnet152"} <= with_bn
+    # --no-batch-norm: dense and VGG blocks and every residual unit kind, pre_act too
+    without = {(r["model"], r["pre_act"]) for r in ROWS if r["no_batch_norm"] == "1"}
+    assert {("mlp", "0"), ("vgg8b", "0"), ("resnet18", "1"), ("resnet50", "0")} <= without
+    assert {("wresnet16-4", "0"), ("wresnet16-4a", "0")} <= without
+
+
+# the reference's defaults where localjax's differ (its MLP: 1 dense block, not the paper's 3)
+REFERENCE_DEFAULTS = {"mlp": dict(num_layers=1)}
 
 
 @pytest.mark.parametrize(
-    "row", ROWS, ids=[f"{r['model']}-pre{r['pre_act']}-K{r['num_classes']}" for r in ROWS]
+    "row",
+    ROWS,
+    ids=[
+        f"{r['model']}-pre{r['pre_act']}-nobn{r['no_batch_norm']}-K{r['num_classes']}" for r in ROWS
+    ],
 )
 def test_param_counts_equal_reference(row):
-    name, k, pre_act = row["model"], int(row["num_classes"]), row["pre_act"] == "1"
-    local = shapes_of(build_model(name, k, "predsim", pre_act=pre_act))
+    name, k = row["model"], int(row["num_classes"])
+    kw = dict(
+        pre_act=row["pre_act"] == "1",
+        no_batch_norm=row["no_batch_norm"] == "1",
+        **REFERENCE_DEFAULTS.get(name, {}),
+    )
+    local = shapes_of(build_model(name, k, "predsim", **kw))
     assert count_params(local["params"]) == (int(row["inference"]), int(row["total"]))
-    backprop = shapes_of(build_model(name, k, "backprop", pre_act=pre_act))
+    backprop = shapes_of(build_model(name, k, "backprop", **kw))
     assert count_params(backprop["params"]) == (int(row["backprop"]), int(row["backprop"]))
+    if kw["no_batch_norm"]:  # what BatchNorm the reference keeps under --no-batch-norm
+        kept = {
+            leaf
+            for v in (local, backprop)
+            for block in v.get("batch_stats", {}).values()
+            for leaf in block
+        }
+        if name.startswith("resnet"):
+            assert kept == {"shortcut_bn"}  # the projection shortcuts' BatchNorm
+        elif name.startswith("wresnet"):
+            assert kept == {"bn_final"}  # the reference's bn1
+        else:
+            assert "batch_stats" not in local and "batch_stats" not in backprop
 
 
 # ------------------------------------------------------------ structure
@@ -258,6 +289,40 @@ def test_per_block_step_equals_single_gradient_step(name):
     assert all(jax.tree_util.tree_leaves(stats))
     n_blocks = len([k for k in m_ref[0] if k.startswith("local_loss/")])
     assert n_blocks == (17 if name == "resnet18" else 13)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, size",
+    [
+        ("mlp", dict(num_layers=2, num_hidden=16), 8),
+        ("vgg6a", dict(feat_mult=1 / 16, num_hidden=16, dim_in_decoder=64), 16),
+        ("resnet18", dict(feat_mult=1 / 16, pre_act=True), 32),
+    ],
+)
+def test_no_batch_norm_has_no_block_batch_norm_and_trains(name, kwargs, size):
+    """The reference's --no-batch-norm: no BatchNorm in any block (an MLP or VGG has no
+    batch_stats at all; a ResNet keeps only its projection shortcuts' BatchNorm), and a
+    step trains every block."""
+    model = build_model(name, 10, "predsim", no_batch_norm=True, **kwargs)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (B, size, size, 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, (B,), dtype=np.int32))
+    x0 = _preprocess(images[:2], jax.random.key(0))
+    tx = optax.adam(1e-3)
+    state = create_train_state(model, tx, jax.random.key(1), x0, labels[:2])
+    stats = {leaf for block in state.batch_stats.values() for leaf in block}
+    assert stats == ({"shortcut_bn"} if name == "resnet18" else set())
+    paths = [
+        "/".join(str(getattr(k, "key", k)) for k in path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]
+    ]
+    assert not [p for p in paths if {"bn", "bn_pre"} & set(p.split("/"))]
+    step = jax.jit(make_train_step(model, tx, preprocess=_preprocess, seed=0))
+    new, metrics = step(state, images, labels)
+    assert all(np.isfinite(float(v)) for v in jax.tree_util.tree_leaves(metrics))
+    moved = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), state.params, new.params)
+    for block, leaves in moved.items():
+        assert any(jax.tree_util.tree_leaves(leaves)), block
 
 
 @pytest.mark.parametrize("name", list(TINY))

@@ -327,8 +327,8 @@ def test_a_plain_oserror_while_saving_is_one_line_too(tiny_config, tmp_path, mon
 
 def test_a_checkpoint_from_before_the_optimizer_switches_resumes_with_their_defaults():
     """Checkpoints written before `optim`, `momentum`, `weight_decay`, `n_holes`,
-    `similarity_std` and `pre_act` existed were trained as those defaults train: they
-    resume; another value is refused."""
+    `similarity_std`, `pre_act` and `no_batch_norm` existed were trained as those defaults
+    train: they resume; another value is refused."""
     from experiments.configs import default
     from localjax.training.resume import LEGACY_VALUES, _resume_mismatch
 

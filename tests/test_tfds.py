@@ -27,7 +27,7 @@ from localjax.data import (  # noqa: E402
     tfds_source,
 )
 
-NAMES = sorted(data.SPECS)
+NAMES = sorted(data.PAPER_DATASETS)  # the ImageNet family: test_streaming.py
 N = 6  # mock examples per TFDS split
 
 

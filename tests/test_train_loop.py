@@ -107,6 +107,8 @@ def test_bfloat16_fashion_mnist_lands_within_half_a_point_of_float32(tmp_path):
         (dict(optim="sgd", weight_decay=-1e-4), r"weight_decay=-0.0001 must be >= 0"),
         (dict(optim="adagrad"), r"unknown optim 'adagrad'"),
         (dict(n_holes=0), r"n_holes=0 must be >= 1"),
+        (dict(model="resnet19"), r"unknown model 'resnet19'; choose one of \[.*'resnet18'.*"),
+        (dict(model="wresnet12-4"), r"wresnet12-4: a Wide ResNet depth must be 6n\+4"),
     ],
 )
 def test_nonsense_settings_are_refused_before_training(tiny_config, tmp_path, overrides, message):
@@ -133,14 +135,15 @@ def test_a_last_batch_of_one_trains_with_pred(tiny_config, tmp_path):
 
 
 def test_the_reference_switches_train_and_change_the_trajectory(tiny_config, tmp_path):
-    """optim/momentum/weight_decay and n_holes reach the step: each run differs from the
-    default run on the same data and seed, and trains finite."""
+    """optim/momentum/weight_decay, n_holes and no_batch_norm reach the step: each run
+    differs from the default run on the same data and seed, and trains finite."""
     base = dict(train_limit=64, epochs=1, num_devices=1, cutout_length=8)
     runs = {
         "default": {},
         "sgd": dict(optim="sgd", momentum=0.9, weight_decay=5e-4, lr=0.05),
         "amsgrad": dict(optim="amsgrad"),
         "holes": dict(n_holes=3),
+        "no_batch_norm": dict(no_batch_norm=True),
     }
     losses = {}
     for name, overrides in runs.items():
@@ -148,7 +151,7 @@ def test_the_reference_switches_train_and_change_the_trajectory(tiny_config, tmp
         train.train_and_evaluate(config, str(tmp_path / name))
         losses[name] = read_records(tmp_path / name)[0]["train_objective"]
         assert math.isfinite(losses[name]), (name, losses)
-    for name in ("sgd", "amsgrad", "holes"):
+    for name in ("sgd", "amsgrad", "holes", "no_batch_norm"):
         assert losses[name] != losses["default"], (name, losses)
 
 
@@ -187,8 +190,8 @@ def test_conv_wgrad_choice_reaches_the_traced_step():
 
 
 def test_config_switches_reach_the_model(tiny_config):
-    """`similarity_std` (the reference's --no-similarity-std) and `pre_act` (--pre-act)
-    are config fields that the built network carries."""
+    """`similarity_std` (the reference's --no-similarity-std), `pre_act` (--pre-act) and
+    `no_batch_norm` (--no-batch-norm) are config fields that the built network carries."""
     from localjax.training.config import model_from_config
 
     net = model_from_config(tiny_config(model="vgg6a", similarity_std=False), 10)
@@ -199,3 +202,6 @@ def test_config_switches_reach_the_model(tiny_config):
     pre_blocks = [layer for name, layer in pre.named_layers() if name]
     assert any(getattr(b, "pre_act", False) for b in pre_blocks)
     assert not any(getattr(b, "pre_act", False) for name, b in plain.named_layers() if name)
+    assert all(b.batch_norm for name, b in plain.named_layers() if name)
+    no_bn = model_from_config(tiny_config(model="resnet18", no_batch_norm=True), 10)
+    assert not any(b.batch_norm for name, b in no_bn.named_layers() if name)

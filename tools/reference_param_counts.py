@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
-"""Parameter counts of the reference's ResNets and Wide ResNets, from its own PyTorch
-classes, as the rows of tests/data/reference_param_counts.tsv.
+"""Parameter counts of the reference's ResNets and Wide ResNets (and, under
+`--no-batch-norm`, of its MLP and vgg8b too), from its own PyTorch classes, as the rows of
+tests/data/reference_param_counts.tsv.
 
     python tools/reference_param_counts.py PATH/TO/train.py > tests/data/reference_param_counts.tsv
     python tools/reference_param_counts.py PATH/TO/train.py --check-forward resnet18 wresnet16-4
 
 Needs PyTorch (CPU is enough) and the reference's train.py (anokland/local-loss); the
 reference code is not part of this repository. Only the definitions the models need are
-executed from that file (its classes and `similarity_matrix`, `count_parameters`); its
-argparse defaults are read from the `parser.add_argument` calls, and its model table
-(the `args.model == ...` chain) gives each name's constructor call. Its module-level
-code (datasets, training) never runs.
+executed from that file (its classes, the VGG `cfg` table and `similarity_matrix`,
+`count_parameters`); its argparse defaults are read from the `parser.add_argument` calls,
+and its model table (the `args.model == ...` chain, and its `args.model.startswith(...)`
+branch for the VGGs) gives each name's constructor call. Its module-level code (datasets,
+training) never runs.
 
-Counted per model name, `pre_act` (`PRE_ACT_MODELS`) and K in {10, 100}, input 32×32×3, the
-reference's defaults otherwise (predsim, dim_in_decoder 4096, feat_mult 1, Adam):
+Counted per model name, `pre_act` (`PRE_ACT_MODELS`), `no_batch_norm` and K in {10, 100},
+input 32×32×3, the reference's defaults otherwise (predsim, dim_in_decoder 4096, feat_mult
+1, Adam; the MLP and the VGG's classifier: num_layers 1, num_hidden 1024). Every ResNet and
+Wide ResNet is counted with BatchNorm; `NO_BATCH_NORM_MODELS` (one model of each unit kind,
+`pre_act` included, and the MLP and vgg8b) also with `--no-batch-norm`, and the MLP and
+vgg8b with BatchNorm as well (`EXTRA_MODELS`):
 
   ref_all_local     every parameter of the local-learning model (nn.Module.parameters)
   ref_heads         the local heads: decoder_y, conv_loss, proj_y, decoder_x
@@ -55,18 +61,27 @@ KEEP = {
     "ResNet",
     "wide_basic",
     "Wide_ResNet",
+    "Net",
+    "VGGn",
     "count_parameters",
     "to_one_hot",
     "similarity_matrix",
 }
-HEAD_MODULES = ("decoder_y", "conv_loss", "proj_y", "decoder_x")
+KEEP_ASSIGNMENTS = {"cfg"}  # the VGG table, read by VGGn
+HEAD_MODULES = ("decoder_y", "conv_loss", "linear_loss", "proj_y", "decoder_x")
 # `--pre-act` rows: it changes BasicBlock units and the stem; of the Bottleneck nets
 # (where it changes the stem only) resnet50 stands for the others
 PRE_ACT_MODELS = ("resnet18", "resnet34", "resnet50")
+# `--no-batch-norm` rows: dense and VGG blocks, BasicBlock (also pre-activation),
+# Bottleneck, wide_basic and its adapted variant
+NO_BATCH_NORM_MODELS = ("mlp", "vgg8b", "resnet18", "resnet50", "wresnet16-4", "wresnet16-4a")
+# counted beside the residual models, with and without BatchNorm
+EXTRA_MODELS = ("mlp", "vgg8b")
 INPUT_DIM, INPUT_CH = 32, 3
 COLUMNS = [
     "model",
     "pre_act",
+    "no_batch_norm",
     "num_classes",
     "inference",
     "total",
@@ -112,12 +127,28 @@ def _defaults(tree) -> dict:
 
 def _model_table(tree) -> dict[str, ast.expr]:
     """{name: constructor expression} from the `if args.model == 'name': model = ...`
-    chain."""
+    chain; a `args.model.startswith('prefix')` branch is recorded as `prefix*`."""
     table = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.If):
             continue
         test = node.test
+        body = node.body[0] if node.body else None
+        assigns_model = isinstance(body, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "model" for t in body.targets
+        )
+        if (
+            isinstance(test, ast.Call)
+            and isinstance(test.func, ast.Attribute)
+            and test.func.attr == "startswith"
+            and isinstance(test.func.value, ast.Attribute)
+            and test.func.value.attr == "model"
+            and len(test.args) == 1
+            and isinstance(_literal(test.args[0]), str)
+            and assigns_model
+        ):
+            table[_literal(test.args[0]) + "*"] = body.value
+            continue
         if (
             isinstance(test, ast.Compare)
             and isinstance(test.left, ast.Attribute)
@@ -126,12 +157,7 @@ def _model_table(tree) -> dict[str, ast.expr]:
             and isinstance(test.ops[0], ast.Eq)
         ):
             name = _literal(test.comparators[0])
-            body = node.body[0] if node.body else None
-            if (
-                isinstance(name, str)
-                and isinstance(body, ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == "model" for t in body.targets)
-            ):
+            if isinstance(name, str) and assigns_model:
                 table[name] = body.value
     return table
 
@@ -148,9 +174,17 @@ def load(train_py: str):
         src = f.read()
     tree = ast.parse(src, filename=train_py)
     nodes = [
-        n for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef) and n.name in KEEP
+        n
+        for n in tree.body
+        if (isinstance(n, ast.ClassDef | ast.FunctionDef) and n.name in KEEP)
+        or (
+            isinstance(n, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id in KEEP_ASSIGNMENTS for t in n.targets)
+        )
     ]
-    missing = KEEP - {n.name for n in nodes}
+    missing = (KEEP | KEEP_ASSIGNMENTS) - {
+        getattr(n, "name", None) or n.targets[0].id for n in nodes
+    }
     if missing:
         raise SystemExit(f"{train_py} lacks definitions: {sorted(missing)}")
     args = types.SimpleNamespace(**_defaults(tree))
@@ -162,33 +196,50 @@ def load(train_py: str):
     return ns, args, _model_table(tree)
 
 
+def _constructor(table, name) -> ast.expr:
+    """The model table's expression for `name` (exact, else its `prefix*` branch)."""
+    if name in table:
+        return table[name]
+    for key, expr in table.items():
+        if key.endswith("*") and name.startswith(key[:-1]):
+            return expr
+    raise SystemExit(f"the reference's model table has no {name!r}")
+
+
 def build(ns, table, name, num_classes):
-    env = dict(ns, num_classes=num_classes, input_ch=INPUT_CH, input_dim=INPUT_DIM)
+    # the reference's classes read these as globals of train.py (VGGn: num_classes,
+    # args.model)
+    ns["num_classes"] = num_classes
+    ns["args"].model = name
+    env = dict(ns, input_ch=INPUT_CH, input_dim=INPUT_DIM)
     with contextlib.redirect_stdout(sys.stderr):  # Wide_ResNet prints its name
-        return eval(compile(ast.Expression(table[name]), "<model table>", "eval"), env)
+        expr = _constructor(table, name)
+        return eval(compile(ast.Expression(expr), "<model table>", "eval"), env)
 
 
 def numel(params) -> int:
     return sum(p.numel() for p in params)
 
 
-def count(ns, args, table, name, pre_act, num_classes) -> dict:
+def count(ns, args, table, name, pre_act, num_classes, no_batch_norm=False) -> dict:
     import torch
     import torch.nn as nn
 
-    block_cls = ns["LocalLossBlockConv"]
+    conv_cls = ns["LocalLossBlockConv"]
+    blocks = (conv_cls, ns["LocalLossBlockLinear"])
     args.pre_act = pre_act
+    args.no_batch_norm = no_batch_norm
     args.backprop = False
     model = build(ns, table, name, num_classes)
     all_params = list(nn.Module.parameters(model))
     heads, loss_bn = [], []
     for m in model.modules():
-        if isinstance(m, block_cls):
+        if isinstance(m, blocks):
             for attr in HEAD_MODULES:
                 if hasattr(m, attr):
                     heads += list(getattr(m, attr).parameters())
-            if not m.post_act and hasattr(m, "bn"):
-                loss_bn += list(m.bn.parameters())
+        if isinstance(m, conv_cls) and not m.post_act and hasattr(m, "bn"):
+            loss_bn += list(m.bn.parameters())
     # what the reference's optimizers hold: the global one gets model.parameters()
     held = {id(p) for p in model.parameters()}
     for m in model.modules():
@@ -213,7 +264,7 @@ def count(ns, args, table, name, pre_act, num_classes) -> dict:
     out, _ = model(x, y, ns["to_one_hot"](y, num_classes))
     out.sum().backward()
     row["ref_backprop_unused"] = numel(p for p in nn.Module.parameters(model) if p.grad is None)
-    args.backprop = False
+    args.backprop = args.no_batch_norm = False
     del model
 
     row["inference"] = (
@@ -221,7 +272,13 @@ def count(ns, args, table, name, pre_act, num_classes) -> dict:
     )
     row["total"] = row["ref_all_local"] - row["ref_frozen"]
     row["backprop"] = row["ref_backprop_all"] - row["ref_backprop_unused"]
-    return dict(model=name, pre_act=int(pre_act), num_classes=num_classes, **row)
+    return dict(
+        model=name,
+        pre_act=int(pre_act),
+        no_batch_norm=int(no_batch_norm),
+        num_classes=num_classes,
+        **row,
+    )
 
 
 def check_forward(ns, args, table, name, pre_act) -> str:
@@ -267,13 +324,20 @@ def main(argv=None) -> None:
         f"(torch {torch.__version__}, {datetime.date.today().isoformat()})."
     )
     print("# Input 32x32x3; the reference's defaults otherwise (predsim, dim_in_decoder 4096,")
-    print("# feat_mult 1). inference/total: localjax count_params of the local-learning model;")
-    print("# backprop: of the backprop model. See the script's docstring for each column.")
+    print("# feat_mult 1; mlp and the VGG classifier: num_layers 1, num_hidden 1024).")
+    print("# inference/total: localjax count_params of the local-learning model; backprop: of")
+    print("# the backprop model. See the script's docstring for each column.")
     print("\t".join(COLUMNS))
-    for name in names:
+    cases = [(name, False) for name in names]
+    if not a.models:
+        cases = [(n, False) for n in EXTRA_MODELS] + cases
+        cases += [(n, True) for n in NO_BATCH_NORM_MODELS]
+    for name, no_bn in cases:
         for pre_act in (False, True) if name in PRE_ACT_MODELS else (False,):
+            if no_bn and pre_act and name != "resnet18":
+                continue  # one pre-activation no-batch-norm model: resnet18
             for k in (10, 100):
-                row = count(ns, args, table, name, pre_act, k)
+                row = count(ns, args, table, name, pre_act, k, no_bn)
                 print("\t".join(str(row[c]) for c in COLUMNS), flush=True)
 
 

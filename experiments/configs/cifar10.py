@@ -40,10 +40,20 @@ final epoch (docs/results.md), with the run's wall time:
 | vgg8b_sim_bio            | -         | not run here |           |
 | vgg8b_predsim_bio        | -         | not run here |           |
 | vgg8b_x2_predsim_bio     | -         | not run here |           |
+| resnet18_predsim         | none      | not run here |           |
+| wresnet28-10_predsim     | none      | not run here |           |
 
 All rows: Adam, batch 128, 400 epochs, lr x 0.25 after epochs 200, 300, 350, 375.
 The `_bio` rows are the backprop-free variant (METHOD.md, Backprop-free variant);
 results.tsv has no error for them.
+The paper publishes no ResNet rows: `resnet18_predsim` (ResNet-18) and
+`wresnet28-10_predsim` (WRN-28-10) are not recipes of the paper but the reference code's
+defaults for those models (predsim, lr 5e-4, no dropout, relu, dim_in_decoder 4096; the
+schedule above); they have no published error to compare with (`published=False`).
+The reference code itself cannot train `resnet18_predsim`: its BasicBlock sizes a strided
+unit's pred decoder for the unit's input, and the first such unit stops with a shape
+error (tools/reference_param_counts.py --check-forward); localjax sizes the decoder from
+the block's output (tests/test_resnet.py). Its WRN-28-10 trains as is.
 No row of this dataset has been run with localjax yet.
 """
 
@@ -103,11 +113,30 @@ ROWS = table(
         None,
         dict(beta=0.01, bio=True),
     ),
+    # not in the paper (published=False): the residual networks at the reference code's
+    # defaults (train.py's argparse: predsim, lr 5e-4, dropout 0, relu, dim_in_decoder
+    # 4096, beta 0.99, feat_mult 1, Adam, batch 128, no cutout; num_layers and
+    # num_hidden are not used by these models)
+    ("resnet18", "predsim", 1, 1024, 1, 0.0, 0.0005, "relu", 4096, None, dict(published=False)),
+    (
+        "wresnet28-10",
+        "predsim",
+        1,
+        1024,
+        1,
+        0.0,
+        0.0005,
+        "relu",
+        4096,
+        None,
+        dict(published=False),
+    ),
 )
 
 
 def get_config(row: str = DEFAULT_ROW):
-    """The config of one published CIFAR-10 row; see the module docstring for the names.
+    """The config of one CIFAR-10 row (the paper's, or a ResNet row it does not publish);
+    see the module docstring for the names.
 
     Args:
       row: a key of `ROWS` (the text after `:` in `--config=...py:row`).

@@ -15,6 +15,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_source = "auto"  # auto (files, else .npz cache, else TFDS) | files | tfds
     c.train_limit = 0  # use only the first N training examples; 0 = all
     c.test_limit = 0  # evaluate on the first N test examples only; 0 = all (quick runs)
+    # where the data lives during training (docs/datasets.md, "ImageNet and streaming"):
+    # auto = on the device when its uint8 training images take <= 4 GiB, else streamed
+    c.data_pipeline = "auto"  # auto | memory (on device, augmented in the step) | stream
+    c.image_size = 0  # px of any-size (JPEG) datasets' crops; 0 = the dataset's (ImageNet 224)
+    c.data_workers = 0  # streamed: grain worker processes decoding; 0 = threads of this process
+    c.data_prefetch = 2  # streamed: batches read ahead (per worker)
+    c.max_bad_fraction = 0.001  # streamed: stop once more than this fraction of files is corrupt
+    c.checkpoint_every_steps = 0  # streamed: also checkpoint within an epoch every N steps
     # network
     c.model = "mlp"  # mlp | vgg8b | vgg11b | ... | resnet18 ... resnet152 | wresnet28-10 | ...
     c.loss = "predsim"  # pred | sim | predsim | backprop
@@ -31,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.alpha = 0.0
     c.similarity_std = True  # False: the reference's --no-similarity-std
     c.pre_act = False  # ResNets: pre-activation units (the reference's --pre-act)
+    c.no_batch_norm = False  # the reference's --no-batch-norm: no BatchNorm in the blocks
     c.detach = True  # False: deep supervision
     c.dtype = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
     # conv weight gradients: auto = shifted matmuls on CPU (~2x faster VGG steps there,
@@ -60,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.published_error = ml_collections.FieldReference(None, field_type=float)
     # scale and safety (docs/scaling.md)
     c.num_devices = 0  # devices in the ('data',) mesh; 0 = every device of every process
+    # pipeline (docs/pipeline.md): the blocks cut into stages on different devices, the same
+    # numbers as the fused step; devices form a (pipeline_stages x data) mesh
+    c.pipeline_stages = 1  # 1 = the fused step, data parallel over every device
+    c.pipeline_cuts = ()  # first block index of each stage after the first; () = FLOP-balanced
     c.checkpoint_every = 1  # epochs between checkpoints (one is always written at the end)
     c.keep = 3  # newest checkpoints retained in WORKDIR/checkpoints
     c.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS or none

@@ -10,6 +10,10 @@ e.g. `mlp_predsim`, `vgg8b_x2_predsim_cutout`, `vgg11b_x3_sim`, `vgg8b_predsim_b
 `_x{m}` only when the channel multiplier m is not 1, `_bio` for the backprop-free
 variant (METHOD.md, Backprop-free variant), `_cutout` when the recipe uses cutout.
 
+A dataset may also list rows the paper does not publish (`published=False`: the
+CIFAR-10/100 ResNet-18 and WRN-28-10 rows, at the reference code's defaults): they are
+not in recipes.tsv and have no published error.
+
     python -m experiments.train --config=experiments/configs/cifar10.py:vgg11b_x3_predsim \
         --workdir=runs/cifar10_vgg11b_x3_predsim
 """
@@ -31,7 +35,8 @@ class Recipe(NamedTuple):
     A named tuple: fields by name (`recipe.model`) or position (`recipe[0]` is the model).
 
     Attributes:
-      model: `mlp`, `vgg8b` or `vgg11b`.
+      model: `mlp`, `vgg8b` or `vgg11b` (the paper's rows); `resnet18` or `wresnet28-10`
+        (rows the paper does not publish).
       loss: `backprop`, `pred`, `sim` or `predsim`.
       num_layers: dense blocks (after the conv stack for VGG).
       num_hidden: units per dense block.
@@ -48,7 +53,10 @@ class Recipe(NamedTuple):
       classes_per_batch_until_epoch: last epoch of that sampler (0 = all).
       cutout_length: cutout hole side in px (0 = off).
       published_error: test error (%) in results.tsv, or None where the table has none
-        (the bio rows).
+        (the bio rows, and every row with `published=False`).
+      published: the row is one of the paper's recipes (recipes.tsv). False: a row the
+        paper does not publish (no recipe, no error), set from the reference code's
+        defaults; the recipes test lists every such row by name.
     """
 
     model: str
@@ -68,6 +76,7 @@ class Recipe(NamedTuple):
     classes_per_batch_until_epoch: int = 0
     cutout_length: int = 0
     published_error: float | None = None
+    published: bool = True
 
 
 def row_name(recipe: Recipe) -> str:
@@ -100,13 +109,14 @@ def table(epochs: int, milestones: tuple[int, ...], *rows: tuple) -> dict[str, R
         dim_in_decoder, published_error[, extras])`, in recipes.tsv's column order;
         `extras` is a dict of the remaining `Recipe` fields that differ from their
         defaults (beta, bio, classes_per_batch, classes_per_batch_until_epoch,
-        cutout_length).
+        cutout_length, published).
 
     Returns:
       `{row_name(recipe): recipe}` in the given order.
 
     Raises:
-      ValueError: if two rows get the same name.
+      ValueError: if two rows get the same name, or an unpublished row
+        (`published=False`) carries a published error.
     """
     out: dict[str, Recipe] = {}
     for row in rows:
@@ -130,6 +140,8 @@ def table(epochs: int, milestones: tuple[int, ...], *rows: tuple) -> dict[str, R
             **extras,
         )
         name = row_name(r)
+        if not r.published and r.published_error is not None:
+            raise ValueError(f"{name}: a row the paper does not publish has no published error.")
         if name in out:
             raise ValueError(f"two recipes are both named {name!r}.")
         out[name] = r
@@ -180,5 +192,7 @@ def rows_table(rows: dict[str, Recipe]) -> str:
     lines = ["| row | published error (%) |", "| --- | --- |"]
     for name, r in rows.items():
         err = "-" if r.published_error is None else f"{r.published_error:.2f}"
+        if not r.published:
+            err = "not in the paper"
         lines.append(f"| {name} | {err} |")
     return "\n".join(lines)

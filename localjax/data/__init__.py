@@ -12,7 +12,10 @@ Usage::
 Files: `specs.py` (per-dataset facts), `readers.py` (IDX, CIFAR, SVHN, STL-10 files),
 `tfds_source.py` (tensorflow-datasets), `loading.py` (sources in order, the .npz cache),
 `augmentation.py` (on-device crop, flip, cutout, normalisation), `sampling.py` (epoch
-order, the classes-per-batch sampler).
+order, the classes-per-batch sampler); for datasets streamed rather than held on the
+device (ImageNet): `image_folder.py` (ImageFolder index, decoding), `transforms.py`
+(host RandomResizedCrop / Resize + CenterCrop), `sources.py` (folder, TFDS, arrays),
+`streaming.py` (the grain pipeline, per-process shares, global batches).
 """
 
 from localjax.data.augmentation import augment, normalize
@@ -26,7 +29,7 @@ from localjax.data.loading import (
 )
 from localjax.data.readers import read_idx
 from localjax.data.sampling import epoch_batches, epoch_order
-from localjax.data.specs import SPECS, DatasetSpec, get_spec
+from localjax.data.specs import PAPER_DATASETS, SPECS, DatasetSpec, get_spec
 from localjax.errors import DatasetError
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "SPECS",
+    "PAPER_DATASETS",
     "SOURCES",
     "get_spec",
     "load",

@@ -254,6 +254,18 @@ def load(
         raise ConfigError(f"unknown split {split!r}; choose 'train' or 'test'.")
     if source not in SOURCES:
         raise ConfigError(f"unknown data source {source!r}; choose one of {list(SOURCES)}.")
+    if spec.variable_size:
+        raise ConfigError(
+            f"{spec.name} holds images of any size (JPEG): it is streamed, not loaded into "
+            "memory. Train with data_pipeline='auto' or 'stream' (localjax.data.streaming)."
+        )
+    if not spec.file_format:  # TFDS only (the ImageNet stand-ins)
+        if source == "files":
+            raise DatasetError(
+                f"{spec.name} has no local file format: load it through TFDS "
+                f"({spec.tfds_name!r}) with data_source='tfds' or 'auto'."
+            )
+        source = "tfds"
 
     if source in ("auto", "files"):
         dirs = _file_dirs(spec, data_dir)
@@ -274,13 +286,17 @@ def load(
     if source == "auto" and not tfds_source.available():
         raise DatasetError(_missing_message(spec, split, dirs, _tfds_hint(spec)))
     if not tfds_source.available():
+        files = (
+            f"; or use local files ({_HOW_FILES[spec.name]}) with --config.data_source=files"
+            if spec.name in _HOW_FILES
+            else ""
+        )
         raise DatasetError(
             f"{spec.name}: no cache at {cache} and tensorflow-datasets is not installed. "
-            f"To fix: {tfds_source.INSTALL_HINT}; or use local files ({_HOW_FILES[spec.name]}) "
-            "with --config.data_source=files."
+            f"To fix: {tfds_source.INSTALL_HINT}{files}."
         )
     tfds_dir = os.path.join(data_dir or default_data_dir(), "tfds")
-    splits = spec.train_splits if split == "train" else ("test",)
+    splits = spec.train_splits if split == "train" else (spec.test_split,)
     try:
         images, labels = tfds_source.load_tfds(spec.tfds_name, splits, tfds_dir, download)
     except DatasetError as e:

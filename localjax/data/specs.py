@@ -5,6 +5,12 @@ Usage::
 
     spec = get_spec("fashion_mnist")
     spec.image_size, spec.channels, spec.num_classes     # 28, 1, 10
+    get_spec("imagenet").variable_size                    # True: JPEGs, streamed
+
+`PAPER_DATASETS` are the paper's seven (METHOD.md's data table); the ImageNet family
+(`imagenet`, `imagenet_resized_32`, `imagenet_resized_64`, `imagenette`) are the
+reference's `--dataset ImageNet` and its usual stand-ins, streamed when large
+(`localjax.data.streaming`, docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -13,7 +19,15 @@ import dataclasses
 
 from localjax.errors import ConfigError
 
-__all__ = ["DatasetSpec", "SPECS", "MNIST_IDX", "get_spec"]
+__all__ = [
+    "DatasetSpec",
+    "SPECS",
+    "PAPER_DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MNIST_IDX",
+    "get_spec",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +46,14 @@ class DatasetSpec:
       file_format: a key of `readers.LAYOUTS` (`idx`, `cifar10`, `cifar100`, `svhn`, `stl10`).
       tfds_name: the dataset's name in tensorflow-datasets.
       train_splits: TFDS splits concatenated into our `train` split (SVHN: train + extra).
+      test_split: the TFDS split evaluated on (`validation` for the ImageNet family).
+      variable_size: images of any size (JPEG): decoded, cropped and resized on the host
+        (`data.transforms`) to `image_size`, the default training resolution (a run's
+        `image_size` config field overrides it); such a dataset is always streamed.
+      folder_layout: can be read from an ImageFolder-style folder (`train/<class>/*`,
+        `val/<class>/*`; `data.image_folder`).
+      num_train: published size of the training split (chooses between the in-memory
+        and the streamed pipeline before anything is read); 0 = small.
 
     Raises:
       Nothing of its own (a frozen dataclass: no validation; assigning a field raises
@@ -52,8 +74,14 @@ class DatasetSpec:
     file_format: str = "idx"
     tfds_name: str = ""
     train_splits: tuple[str, ...] = ("train",)
+    test_split: str = "test"
+    variable_size: bool = False
+    folder_layout: bool = False
+    num_train: int = 0
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the reference's ImageNet Normalize
+IMAGENET_STD = (0.229, 0.224, 0.225)
 MNIST_IDX = ("train", "t10k")  # file-name prefixes of the MNIST-format IDX files
 SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
@@ -134,7 +162,79 @@ SPECS: dict[str, DatasetSpec] = {
         file_format="stl10",
         tfds_name="stl10",
     ),
+    # The ImageNet family: the reference's `--dataset ImageNet` (RandomResizedCrop(224) +
+    # flip for training, Resize(256) + CenterCrop(224) for evaluation) and its stand-ins.
+    "imagenet": DatasetSpec(
+        "imagenet",
+        224,
+        3,
+        1000,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        flip=True,
+        file_format="",
+        tfds_name="imagenet2012",
+        test_split="validation",
+        variable_size=True,
+        folder_layout=True,
+        num_train=1_281_167,
+    ),
+    "imagenette": DatasetSpec(
+        "imagenette",
+        224,
+        3,
+        10,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        flip=True,
+        file_format="",
+        tfds_name="imagenette",
+        test_split="validation",
+        variable_size=True,
+        folder_layout=True,
+        num_train=9_469,
+    ),
+    # downsampled ImageNet (Chrabaszcz et al. 2017): fixed size, so augmented on the
+    # device like CIFAR (pad 4, random crop, flip)
+    "imagenet_resized_32": DatasetSpec(
+        "imagenet_resized_32",
+        32,
+        3,
+        1000,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        crop_padding=4,
+        flip=True,
+        file_format="",
+        tfds_name="imagenet_resized/32x32",
+        test_split="validation",
+        num_train=1_281_167,
+    ),
+    "imagenet_resized_64": DatasetSpec(
+        "imagenet_resized_64",
+        64,
+        3,
+        1000,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        crop_padding=4,
+        flip=True,
+        file_format="",
+        tfds_name="imagenet_resized/64x64",
+        test_split="validation",
+        num_train=1_281_167,
+    ),
 }
+# the paper's seven (METHOD.md's data table): local files in their published formats
+PAPER_DATASETS = (
+    "mnist",
+    "fashion_mnist",
+    "kuzushiji_mnist",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "stl10",
+)
 
 # other spellings users type -> registry name
 _ALIASES = {
@@ -144,6 +244,9 @@ _ALIASES = {
     "cifar-10": "cifar10",
     "cifar-100": "cifar100",
     "stl-10": "stl10",
+    "imagenet2012": "imagenet",
+    "imagenet_resized/32x32": "imagenet_resized_32",
+    "imagenet_resized/64x64": "imagenet_resized_64",
 }
 
 

@@ -27,7 +27,7 @@ from absl import logging
 
 from localjax.errors import DatasetError
 
-__all__ = ["available", "load_tfds", "INSTALL_HINT"]
+__all__ = ["available", "load_tfds", "open_split", "INSTALL_HINT"]
 
 INSTALL_HINT = (
     "pip install -e '.[tfds]' (tensorflow-datasets, importlib_resources and tensorflow-cpu, "
@@ -101,6 +101,33 @@ def _open_split(tfds, name: str, split: str, data_dir: str | None, download: boo
             "(README.md, section 'Datasets'). A folder already prepared by `tfds.load` in "
             "TFRecord format cannot be read this way: use another data_dir."
         ) from e
+
+
+def open_split(name: str, split: str, data_dir: str | None, download: bool = True):
+    """The random-access `tfds.data_source` of one split, for streaming (no copy in memory).
+
+    Tries the prepared (or mocked) data first without touching the network, then, if
+    `download`, downloads and prepares it (which needs TensorFlow).
+
+    Args:
+      name: TFDS name, e.g. `imagenet2012`, `imagenet_resized/32x32`, `imagenette`.
+      split: TFDS split, e.g. `train`, `validation`.
+      data_dir: TFDS data directory (None: TFDS's default).
+      download: allow downloading and preparing.
+
+    Returns:
+      A sequence-like data source: `len(source)`, `source[i]` -> dict of NumPy features
+      (`image` `[H, W, C]` uint8 decoded, `label` int64).
+
+    Raises:
+      DatasetError: TFDS missing, or the data not prepared here and not allowed or not
+        able to be prepared (one line naming the folder looked in and the fix).
+    """
+    if not available():
+        raise DatasetError(f"tensorflow-datasets is not installed: {INSTALL_HINT}.")
+    import tensorflow_datasets as tfds
+
+    return _open_split(tfds, name, split, data_dir, download)
 
 
 def load_tfds(

@@ -83,6 +83,7 @@ def build_model(
     alpha: float = 0.0,
     similarity_std: bool = True,
     pre_act: bool = False,
+    no_batch_norm: bool = False,
     detach: bool = True,
     dtype: Any = "float32",
 ) -> LocalNetwork:
@@ -105,6 +106,12 @@ def build_model(
       beta, dim_in_decoder, bio, target_proj_size, unsup, alpha, similarity_std: see
         `HeadConfig` (`similarity_std=False` is the reference's `--no-similarity-std`).
       pre_act: the ResNets' pre-activation variant (the reference's `--pre-act`).
+      no_batch_norm: the reference's `--no-batch-norm`: no BatchNorm in any block
+        (dense and conv blocks, every convolution of a residual unit, pre-activation
+        and loss-only ones included); an MLP or VGG then has no `batch_stats`. As in
+        the reference, a ResNet's projection shortcuts keep their BatchNorm, a Wide
+        ResNet keeps its final one, and no layer gains a bias (ResNet convolutions have
+        none either way; dense, VGG and Wide ResNet layers have one either way).
       detach: cut the graph between blocks (False: deep supervision).
       dtype: compute dtype: a name of `COMPUTE_DTYPES` (`float32`, `bfloat16`) or the
         dtype itself; parameters stay float32.
@@ -162,6 +169,7 @@ def build_model(
             dropout=dropout,
             detach=detach,
             dtype=dtype,
+            batch_norm=not no_batch_norm,
         )
     if wide is not None:
         depth, k, adapted = wide
@@ -176,6 +184,7 @@ def build_model(
             dropout=dropout,
             detach=detach,
             dtype=dtype,
+            batch_norm=not no_batch_norm,
         )
     common = dict(
         num_classes=num_classes,
@@ -185,6 +194,7 @@ def build_model(
         dropout=dropout,
         detach=detach,
         dtype=dtype,
+        batch_norm=not no_batch_norm,
     )
     if name == "mlp":
         return MLP(num_layers=3 if num_layers is None else num_layers, **common)

@@ -24,7 +24,13 @@ __all__ = ["MLP", "dense_blocks", "network"]
 
 
 def dense_blocks(
-    head: HeadConfig | None, num_layers: int, num_hidden: int, nonlin: str, dropout: float, dtype
+    head: HeadConfig | None,
+    num_layers: int,
+    num_hidden: int,
+    nonlin: str,
+    dropout: float,
+    dtype,
+    batch_norm: bool = True,
 ) -> list[LocalDense]:
     """`num_layers` dense blocks `block_dense_<i>` of `num_hidden` units; the first is a
     first layer (no `recon` term), as in the reference's MLP and VGG classifier.
@@ -32,7 +38,7 @@ def dense_blocks(
     Args:
       head: `HeadConfig`, or None (backprop baseline).
       num_layers, num_hidden: count and width.
-      nonlin, dropout, dtype: as in `LocalDense`.
+      nonlin, dropout, dtype, batch_norm: as in `LocalDense`.
 
     Returns:
       A list of unbound `LocalDense` (input `[B, ...]`, output `[B, num_hidden]`).
@@ -52,6 +58,7 @@ def dense_blocks(
             nonlin=nonlin,
             dropout=dropout,
             first_layer=i == 0,
+            batch_norm=batch_norm,
             dtype=dtype,
             name=f"block_dense_{i}",
         )
@@ -100,6 +107,7 @@ def MLP(  # noqa: N802 -- the paper's name, and the class name of earlier versio
     dropout: float = 0.0,
     detach: bool = True,
     dtype: Any = jnp.float32,
+    batch_norm: bool = True,
 ) -> LocalNetwork:
     """Fully connected network: `num_layers` dense blocks of `num_hidden` units, then the
     output layer (the paper's 3×1024 MLP). Input images are flattened.
@@ -111,6 +119,8 @@ def MLP(  # noqa: N802 -- the paper's name, and the class name of earlier versio
       nonlin, dropout: block nonlinearity and dropout rate.
       detach: cut the graph between blocks (False: deep supervision).
       dtype: compute dtype; parameters stay float32.
+      batch_norm: BatchNorm in every block; False is the reference's `--no-batch-norm`
+        (no `batch_stats` at all).
 
     Returns:
       An unbound `LocalNetwork` (`block_dense_<i>`, `output`): call it as
@@ -123,5 +133,5 @@ def MLP(  # noqa: N802 -- the paper's name, and the class name of earlier versio
 
     Implements the MLP (METHOD.md, Network: the MLP is `num_layers` dense blocks).
     """
-    layers = dense_blocks(head, num_layers, num_hidden, nonlin, dropout, dtype)
+    layers = dense_blocks(head, num_layers, num_hidden, nonlin, dropout, dtype, batch_norm)
     return network(layers, num_classes, head, detach, dtype)

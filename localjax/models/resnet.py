@@ -67,6 +67,7 @@ def ResNet(  # noqa: N802 -- the reference's name
     dropout: float = 0.0,
     detach: bool = True,
     dtype: Any = jnp.float32,
+    batch_norm: bool = True,
 ) -> LocalNetwork:
     """A ResNet of `RESNET_CONFIGS` built from local-loss blocks.
 
@@ -85,6 +86,10 @@ def ResNet(  # noqa: N802 -- the reference's name
         pre-activation block; none on a pre-activation stem), as the reference.
       detach: cut the graph between blocks (False: deep supervision).
       dtype: compute dtype; parameters stay float32.
+      batch_norm: the BatchNorm of every convolution (`bn`, `bn_pre`, the loss-only
+        one); False is the reference's `--no-batch-norm`, which leaves the projection
+        shortcuts' BatchNorm (`shortcut_bn`) in place and adds no conv bias (the
+        reference's ResNet convolutions have none).
 
     Returns:
       An unbound `LocalNetwork`: blocks `conv1`, `layer<s>_<u>_conv<j>` (s 1..4, u the
@@ -112,7 +117,14 @@ def ResNet(  # noqa: N802 -- the reference's name
 
     def conv(features, name, **kw):
         return LocalResConv(
-            features, head=head, nonlin=nonlin, dropout=dropout, dtype=dtype, name=name, **kw
+            features,
+            head=head,
+            nonlin=nonlin,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            dtype=dtype,
+            name=name,
+            **kw,
         )
 
     in_planes = int(feat_mult * _STAGE_WIDTHS[0])

@@ -99,6 +99,7 @@ def VGG(  # noqa: N802 -- the paper's name, and the class name of earlier versio
     dropout: float = 0.0,
     detach: bool = True,
     dtype: Any = jnp.float32,
+    batch_norm: bool = True,
 ) -> LocalNetwork:
     """VGG-style conv net (`VGG_CONFIGS`), then `num_layers` dense blocks, then output.
 
@@ -113,6 +114,8 @@ def VGG(  # noqa: N802 -- the paper's name, and the class name of earlier versio
       nonlin, dropout: block nonlinearity and dropout rate (whole channels in convs).
       detach: cut the graph between blocks (False: deep supervision).
       dtype: compute dtype; parameters stay float32.
+      batch_norm: BatchNorm in every conv and dense block; False is the reference's
+        `--no-batch-norm` (no `batch_stats` at all; the layers keep their biases).
 
     Returns:
       An unbound `LocalNetwork`: blocks `block_conv_<i>` (i the index in the config),
@@ -150,11 +153,12 @@ def VGG(  # noqa: N802 -- the paper's name, and the class name of earlier versio
                 dropout=dropout,
                 large_input_stem=first,
                 first_layer=first,
+                batch_norm=batch_norm,
                 dtype=dtype,
                 name=f"block_conv_{i}",
             )
         )
     layers.append(_flatten)
     # the reference's dense classifier treats its first block as a first layer
-    layers += dense_blocks(head, num_layers, num_hidden, nonlin, dropout, dtype)
+    layers += dense_blocks(head, num_layers, num_hidden, nonlin, dropout, dtype, batch_norm)
     return network(layers, num_classes, head, detach, dtype)

@@ -100,6 +100,7 @@ def WideResNet(  # noqa: N802 -- the reference's name
     dropout: float = 0.0,
     detach: bool = True,
     dtype: Any = jnp.float32,
+    batch_norm: bool = True,
 ) -> LocalNetwork:
     """A Wide ResNet WRN-depth-k built from local-loss blocks.
 
@@ -118,6 +119,9 @@ def WideResNet(  # noqa: N802 -- the reference's name
         adapted); never in the stem.
       detach: cut the graph between blocks (False: deep supervision).
       dtype: compute dtype; parameters stay float32.
+      batch_norm: the BatchNorm of every convolution (`bn_pre`, the loss-only one);
+        False is the reference's `--no-batch-norm`, which leaves the final BatchNorm
+        (`bn_final`, the reference's `bn1`) in place; the convolutions keep their bias.
 
     Returns:
       An unbound `LocalNetwork`: blocks `conv1`, `layer<s>_<u>_conv<j>` (s 1..3, u the
@@ -151,7 +155,14 @@ def WideResNet(  # noqa: N802 -- the reference's name
 
     def conv(features, name, **kw):
         return LocalResConv(
-            features, head=head, nonlin=nonlin, use_bias=True, dtype=dtype, name=name, **kw
+            features,
+            head=head,
+            nonlin=nonlin,
+            use_bias=True,
+            batch_norm=batch_norm,
+            dtype=dtype,
+            name=name,
+            **kw,
         )
 
     # the stem: a bare conv (no dropout), its output normalised by the next unit

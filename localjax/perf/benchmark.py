@@ -73,6 +73,7 @@ def benchmark(
     peak_gflops: float | None = None,
     peak_size: int = 2048,
     conv_wgrad: str = "auto",
+    compile_only: bool = False,
 ) -> dict[str, Any]:
     """Compiles and times one training step; see the module docstring.
 
@@ -93,6 +94,9 @@ def benchmark(
       conv_wgrad: `xla`, `shifted` (trace the step inside
         `localjax.ops.conv_wgrad.shifted_wgrad_convs`: conv weight gradients as shifted matmuls),
         or `auto` (shifted on the CPU backend, as `config.conv_wgrad="auto"` trains).
+      compile_only: compile and read the compiled step's memory and parameter counts,
+        but run no step: the timing and FLOP fields are None (memory of models whose
+        step takes minutes on a CPU).
 
     Returns:
       A dict with `ms_per_step`, `compile_seconds`, `examples_per_s`, `flops_per_step`,
@@ -152,6 +156,37 @@ def benchmark(
     compile_seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     xla_flops = _xla_flops(compiled)
+    result = {
+        "model": model_name,
+        "loss": loss,
+        "depth": sum(isinstance(layer, LocalDense) for _, layer in model.named_layers()),
+        "num_hidden": num_hidden,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "impl": impl,
+        "scan_steps": scan_steps,
+        "conv_wgrad": conv_wgrad,
+        "backend": jax.default_backend(),
+        "ms_per_step": None,
+        "compile_seconds": compile_seconds,
+        "examples_per_s": None,
+        "flops_per_step": None,
+        # XLA's cost analysis counts a scan's body once: it is per step already
+        "xla_flops_per_step": xla_flops,
+        "achieved_gflops": None,
+        "matmul_peak_gflops": None,
+        "peak_fraction": None,
+        "matmul_ceiling_gflops": None,
+        "ceiling_peak_fraction": None,
+        "ceiling_fraction": None,
+        "params_inference": params_inference,
+        "params_total": params_total,
+        "temp_bytes": int(mem.temp_size_in_bytes) if mem else None,
+        "argument_bytes": int(mem.argument_size_in_bytes) if mem else None,
+        "output_bytes": int(mem.output_size_in_bytes) if mem else None,
+    }
+    if compile_only:
+        return result
 
     for _ in range(warmup):
         state, metrics = compiled(state, images, labels)
@@ -182,7 +217,7 @@ def benchmark(
         peak_gflops = 2.0 * peak_size**3 / statistics.median(peak_times) / 1e9
     try:
         flops = model_flops(model, batch_size, image_shape)
-    except TypeError:  # blocks it cannot count (residual units): XLA's count stands alone
+    except TypeError:  # blocks it cannot count (a user's LocalBlock): XLA's count stands alone
         flops = None
     achieved = None if flops is None else flops / seconds / 1e9
     ceiling = None
@@ -190,36 +225,19 @@ def benchmark(
         ceiling = matmul_ceiling_gflops(
             dense_matmuls(model, batch_size, image_shape), COMPUTE_DTYPES[dtype], reps=max(5, steps)
         )
-    return {
-        "model": model_name,
-        "loss": loss,
-        "depth": sum(isinstance(layer, LocalDense) for _, layer in model.named_layers()),
-        "num_hidden": num_hidden,
-        "batch_size": batch_size,
-        "dtype": dtype,
-        "impl": impl,
-        "scan_steps": scan_steps,
-        "conv_wgrad": conv_wgrad,
-        "backend": jax.default_backend(),
-        "ms_per_step": 1e3 * seconds,
-        "compile_seconds": compile_seconds,
-        "examples_per_s": batch_size / seconds,
-        "flops_per_step": flops,
-        # XLA's cost analysis counts a scan's body once: it is per step already
-        "xla_flops_per_step": xla_flops,
-        "achieved_gflops": achieved,
-        "matmul_peak_gflops": peak_gflops,
-        "peak_fraction": None if achieved is None else achieved / peak_gflops,
+    result.update(
+        ms_per_step=1e3 * seconds,
+        examples_per_s=batch_size / seconds,
+        flops_per_step=flops,
+        achieved_gflops=achieved,
+        matmul_peak_gflops=peak_gflops,
+        peak_fraction=None if achieved is None else achieved / peak_gflops,
         # the step's matmul shapes timed alone (mlp only): what the kernels reach there
-        "matmul_ceiling_gflops": ceiling,
-        "ceiling_peak_fraction": None if ceiling is None else ceiling / peak_gflops,
-        "ceiling_fraction": None if ceiling is None or achieved is None else achieved / ceiling,
-        "params_inference": params_inference,
-        "params_total": params_total,
-        "temp_bytes": int(mem.temp_size_in_bytes) if mem else None,
-        "argument_bytes": int(mem.argument_size_in_bytes) if mem else None,
-        "output_bytes": int(mem.output_size_in_bytes) if mem else None,
-    }
+        matmul_ceiling_gflops=ceiling,
+        ceiling_peak_fraction=None if ceiling is None else ceiling / peak_gflops,
+        ceiling_fraction=None if ceiling is None or achieved is None else achieved / ceiling,
+    )
+    return result
 
 
 def depth_sweep(

@@ -22,6 +22,8 @@ from localjax.network import LocalNetwork
 from localjax.ops.conv_wgrad import conv_wgrad_context
 from localjax.torch_defaults import activation
 from localjax.training.optimizer import make_optimizer
+from localjax.training.pipeline import check_pipelinable
+from localjax.training.stages import check_cuts, num_blocks
 
 __all__ = ["validate", "check_workdir", "model_from_config"]
 
@@ -36,8 +38,9 @@ def validate(config, workdir: str) -> None:
     widths, classes_per_batch, cutout_length, seed, milestones (whole epochs >= 1), a
     sim/predsim batch of one example (batch_size=1, or a train_limit leaving one example
     over), conv_wgrad, dtype and nonlin names, the network itself (`model_from_config`:
-    unknown model or loss, head values, a conv width of 0 from feat_mult) and that the
-    workdir can be created and written (`check_workdir`). Creates nothing.
+    unknown model or loss, head values, a conv width of 0 from feat_mult), the pipeline
+    fields (`pipeline_stages`, `pipeline_cuts`: docs/pipeline.md) and that the workdir can
+    be created and written (`check_workdir`). Creates nothing.
 
     Args:
       config: the run's `ml_collections.ConfigDict` (experiments/configs/default.py).
@@ -89,7 +92,8 @@ def validate(config, workdir: str) -> None:
     conv_wgrad_context(config.get("conv_wgrad", "auto"))  # refuses an unknown choice early
     compute_dtype(config.get("dtype", "float32"))
     activation(config.get("nonlin", "relu"))  # applied only when first traced
-    model_from_config(config, num_classes)  # unknown model/loss, head values, widths of 0
+    model = model_from_config(config, num_classes)  # unknown model/loss, head values, widths 0
+    _check_pipeline(config, model)
     make_optimizer(  # unknown optim, momentum with Adam, a negative weight decay
         config.lr,
         tuple(config.milestones),
@@ -102,6 +106,32 @@ def validate(config, workdir: str) -> None:
     if config.get("n_holes", 1) < 1:
         raise ConfigError(f"n_holes={config.n_holes} must be >= 1 (cutout holes per image).")
     check_workdir(workdir)
+
+
+def _check_pipeline(config, model) -> None:
+    """pipeline_stages and pipeline_cuts (docs/pipeline.md): a whole S >= 1; with S > 1 a
+    network whose blocks are cut (not the backprop baseline, not deep supervision) with
+    at least S blocks; cuts, if given, S − 1 increasing block indices. The device count
+    and the batch's split over each stage's devices are checked once the devices are
+    known (`pipeline.make_pipeline_mesh`, `pipeline.check_batch_divisible`)."""
+    stages, cuts = config.get("pipeline_stages", 1), config.get("pipeline_cuts", ())
+    if not _is_whole(stages) or stages < 1:
+        raise ConfigError(f"pipeline_stages={stages!r} must be an integer >= 1 (1 = no pipeline).")
+    if not isinstance(cuts, (tuple, list)) or not all(_is_whole(c) for c in cuts):
+        raise ConfigError(
+            f"pipeline_cuts={cuts!r} must be a tuple of block indices, e.g. "
+            "--config.pipeline_cuts='(3,)' (or '()' to balance the stages by FLOPs)."
+        )
+    if stages > 1:
+        check_pipelinable(model, stages, loss=config.loss)
+        if config.get("data_pipeline", "auto") == "stream":
+            raise ConfigError(
+                f"pipeline_stages={stages} with data_pipeline=stream: the pipeline feeds its "
+                "first stage from the training set held on the devices; use "
+                "data_pipeline=memory (or pipeline_stages=1)."
+            )
+    if cuts:
+        check_cuts(cuts, num_blocks(model), stages)
 
 
 def _is_whole(value) -> bool:
@@ -257,6 +287,7 @@ def model_from_config(config, num_classes: int) -> LocalNetwork:
         alpha=config.get("alpha", 0.0),
         similarity_std=config.get("similarity_std", True),
         pre_act=config.get("pre_act", False),
+        no_batch_norm=config.get("no_batch_norm", False),
         detach=config.get("detach", True),
         dtype=config.get("dtype", "float32"),
     )

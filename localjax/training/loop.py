@@ -11,6 +11,10 @@ owns the loop around them:
 - one `('data',)` mesh over every device (of every process): state and datasets
   replicated, each batch's indices split over the devices, the step jitted for the global
   batch (BatchNorm statistics and similarity matrices over all B examples);
+- with `pipeline_stages` = S > 1, training runs pipelined over the same devices as an
+  S × (n / S) `('stage', 'data')` mesh (`training.pipeline`, docs/pipeline.md), the state
+  unpacked to the ordinary replicated `TrainState` after every epoch, so evaluation,
+  checkpoints and resume are unchanged;
 - metrics fetched every `sync_every` steps (this bounds the queue of dispatched steps and
   names the exact step, and block, where a loss first turns non-finite);
 - `WORKDIR/metrics.jsonl`: one line per epoch; for a seed every value but the wall-clock
@@ -20,7 +24,9 @@ owns the loop around them:
   same data: its fingerprint is recorded), continuing metrics.jsonl and rewriting the
   TensorBoard events from it;
 - `WORKDIR/run.lock`: held for the run, so a second run in the same workdir stops at once;
-- process 0 alone writes files and prints.
+- process 0 alone prints and writes metrics.jsonl, TensorBoard events and summary.json;
+  every process writes its own shards of each checkpoint into `WORKDIR/checkpoints/`, so
+  a multi-process run needs one workdir every process reaches (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from localjax.errors import ConfigError, DatasetError, TrainingError
 from localjax.network import LocalNetwork, count_params
 from localjax.objective import summarize_metrics
 from localjax.ops.conv_wgrad import conv_wgrad_context
+from localjax.training import pipeline as pipeline_lib
 from localjax.training import sharding as sharding_lib
 from localjax.training.checkpoints import Checkpointer
 from localjax.training.config import check_last_batch, model_from_config, validate
@@ -75,7 +82,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     up to float summation order. With a coordinator
     (`config.coordinator_address` or `JAX_COORDINATOR_ADDRESS`) it first joins the
     multi-process run; every process loads the dataset and feeds its devices' share of
-    each global batch. Only process 0 writes files.
+    each global batch. Only process 0 writes metrics and the summary; every process
+    writes its shards of each checkpoint, so all processes need the same `workdir` on a
+    file system they all reach (docs/scaling.md).
 
     Args:
       config: an `ml_collections.ConfigDict` as in `experiments/configs/` (dataset,
@@ -95,7 +104,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       ConfigError (a ValueError): unknown dataset, model, loss, dtype or conv_wgrad;
         batch_size or eval_batch_size below 1 or not divisible by the device count; a
         negative train/test limit; dropout outside [0, 1); a non-positive lr or lr_decay;
-        num_hidden < 1; classes_per_batch above the dataset's class count; a workdir that
+        num_hidden < 1; classes_per_batch above the dataset's class count; a pipeline
+        that cannot be built (docs/pipeline.md: backprop or deep supervision, more stages
+        than blocks, bad cuts, stages that do not divide the devices, a batch that does
+        not divide over a stage's devices); a workdir that
         is a file; a workdir checkpoint of a different run, of other data, of a model of
         other shapes, or with no readable checkpoint (an unreadable newest one is moved
         aside and an older one resumed).
@@ -103,6 +115,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       TrainingError: a non-finite loss (no checkpoint of that epoch is written), another
         run holding the workdir, a full disk while writing metrics or a checkpoint.
     """
+    from localjax.training import streamed  # imports this module
+
+    if streamed.wants_stream(config):  # too large for the device, or asked: data.streaming
+        return streamed.train_and_evaluate(config, workdir)
     run = _setup(config, workdir)
     state = run.state
     try:
@@ -145,6 +161,8 @@ class _Run:
     history: list = dataclasses.field(default_factory=list)
     writer: MetricWriter | None = None
     start: float = 0.0
+    pipeline_mesh: Any = None  # the ('stage', 'data') mesh when pipeline_stages > 1
+    pipeline: Any = None  # its `pipeline.Pipeline` (docs/pipeline.md)
 
     def say(self, message: str) -> None:
         if self.primary:
@@ -181,13 +199,18 @@ def _setup(config, workdir: str) -> _Run:
     )
     validate(config, workdir)
     mesh = sharding_lib.make_mesh(config.get("num_devices", 0))
-    sharding_lib.check_divisible(config.batch_size, mesh, "batch_size")
+    pipeline_mesh = None
+    if config.get("pipeline_stages", 1) > 1:  # the batch splits over each stage's devices
+        pipeline_mesh = pipeline_lib.make_pipeline_mesh(mesh, config.pipeline_stages)
+        pipeline_lib.check_batch_divisible(config.batch_size, pipeline_mesh)
+    else:
+        sharding_lib.check_divisible(config.batch_size, mesh, "batch_size")
     sharding_lib.check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
     os.makedirs(workdir, exist_ok=True)
     primary = sharding_lib.is_primary()
     lock = _lock_workdir(workdir, primary)
     try:
-        return _setup_locked(config, workdir, mesh, primary, lock)
+        return _setup_locked(config, workdir, mesh, primary, lock, pipeline_mesh)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -210,8 +233,9 @@ def _lock_workdir(workdir: str, primary: bool) -> WorkdirLock | None:
     return lock
 
 
-def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _Run:
-    """`_setup` once the workdir is locked: data, model, state, restore, compiled steps."""
+def _setup_locked(config, workdir: str, mesh, primary: bool, lock, pipeline_mesh=None) -> _Run:
+    """`_setup` once the workdir is locked: data, model, state, restore, compiled steps
+    (and, with `pipeline_mesh`, the pipeline's stages and programs)."""
     spec = data_lib.get_spec(config.dataset)
     train, test = (_load_split(config, split) for split in ("train", "test"))
 
@@ -233,7 +257,8 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _Run:
             model, tx, jax.random.key(config.seed), sample, jnp.asarray(train.labels[:2])
         )
     )
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep) if primary else None
+    # every process: each writes and reads its own shards of the shared checkpoints dir
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep)
     run = _Run(
         config=config,
         workdir=workdir,
@@ -255,16 +280,36 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _Run:
         else None,
     )
     try:
-        run.last_epoch, host_state = restore(
-            ckpt, host_state, config, workdir, data=run.data_fingerprint, say=run.say
+        # the fresh state placed on the mesh: the layout the checkpoint is read into
+        run.last_epoch, run.state = restore(
+            ckpt,
+            sharding_lib.put_replicated(host_state, mesh),
+            config,
+            workdir,
+            data=run.data_fingerprint,
+            say=run.say,
         )
         run.checkpoint_epoch = run.last_epoch
-        run.step_count = int(host_state.step)
-        run.state = sharding_lib.put_replicated(host_state, mesh)
+        run.step_count = int(jax.device_get(run.state.step))
         run.device_data = sharding_lib.put_replicated(
             (train.images, train.labels, test.images, test.labels), mesh
         )
         run.train_fn, run.eval_fn = _compiled_steps(model, tx, spec, config, mesh)
+        if pipeline_mesh is not None:
+            run.pipeline_mesh = pipeline_mesh
+            run.pipeline = pipeline_lib.make_pipeline(
+                model,
+                tx,
+                host_state,
+                pipeline_mesh,
+                sample=(train.images[:2], train.labels[:2]),
+                batch_size=config.batch_size,
+                cuts=tuple(config.get("pipeline_cuts", ())) or None,
+                preprocess=_train_preprocess(spec, config),
+                seed=config.seed,
+                conv_wgrad=config.get("conv_wgrad", "auto"),
+                state_mesh=mesh,
+            )
         if primary and run.last_epoch:
             run.history = resumed_history(workdir, run.last_epoch)
         run.say(_banner(run))
@@ -289,18 +334,23 @@ def _load_split(config, split: str) -> data_lib.Dataset:
     return data_lib.Dataset(ds.images[:limit], ds.labels[:limit]) if limit else ds
 
 
+def _train_preprocess(spec, config) -> Callable:
+    """`(images u8, key) -> float images`: the training augmentation and normalisation."""
+    return lambda im, k: data_lib.augment(
+        im,
+        k,
+        spec,
+        cutout_length=config.get("cutout_length", 0),
+        n_holes=config.get("n_holes", 1),
+    )
+
+
 def _compiled_steps(model, tx, spec, config, mesh) -> tuple[Callable, Callable]:
     """The data-parallel train and eval steps, indexing the on-device datasets."""
     step_fn = make_train_step(
         model,
         tx,
-        preprocess=lambda im, k: data_lib.augment(
-            im,
-            k,
-            spec,
-            cutout_length=config.get("cutout_length", 0),
-            n_holes=config.get("n_holes", 1),
-        ),
+        preprocess=_train_preprocess(spec, config),
         seed=config.seed,
     )
     step_fn = _with_conv_wgrad(step_fn, config.get("conv_wgrad", "auto"))
@@ -321,6 +371,8 @@ def _banner(run: _Run) -> str:
     resumed = (
         f"; resuming after epoch {run.last_epoch} (step {run.step_count})" if run.last_epoch else ""
     )
+    if run.pipeline is not None:
+        resumed = pipeline_lib.describe(run.pipeline) + resumed
     return (
         f"{c.model} {c.loss} ({c.get('dtype', 'float32')}) on {c.dataset}: "
         f"{len(run.train)} train / {len(run.test)} test examples, "
@@ -359,7 +411,8 @@ def _train_and_evaluate_epoch(run: _Run, state, epoch: int):
         config.get("classes_per_batch_until_epoch", 0),
     )
     train_images, train_labels, test_images, test_labels = run.device_data
-    state, totals, run.step_count = _train_epoch(
+    train_epoch = _train_epoch if run.pipeline is None else _pipelined_epoch(run.pipeline)
+    state, totals, run.step_count = train_epoch(
         run.train_fn,
         state,
         (train_images, train_labels),
@@ -395,33 +448,32 @@ def _record_and_save(run: _Run, state, epoch: int, record: dict[str, Any]) -> No
     config = run.config
     run.history.append(record)
     save = epoch % config.checkpoint_every == 0 or epoch == config.epochs
-    host_state = jax.device_get(state) if save else None
     if save:  # the losses were finite, but the last update may not be
         check_state_finite(
-            host_state,
+            jax.device_get(_finite_probe(state)),  # one value per array, not the state
             run.step_count,
             f"epoch {epoch}",
             run.workdir,
             checkpoint_epoch=run.checkpoint_epoch,
             lr=config.lr,
         )
-    if run.primary:
-        meta = {
-            "epoch": epoch,
-            "step": run.step_count,
-            "data_order": {"seed": config.seed, "next_epoch": epoch + 1},
-            "config": trajectory_config(config),
-            "data": run.data_fingerprint,
-        }
-        try:
+    meta = {
+        "epoch": epoch,
+        "step": run.step_count,
+        "data_order": {"seed": config.seed, "next_epoch": epoch + 1},
+        "config": trajectory_config(config),
+        "data": run.data_fingerprint,  # process 0's meta is the one written
+    }
+    try:
+        if run.primary:
             run.writer.write(record)  # before the checkpoint: a resume trims later lines
-            if save:
-                run.ckpt.save(epoch, host_state, meta)
-        except Exception as e:
-            cause = _os_error(e)
-            if cause is None:
-                raise
-            raise TrainingError(_write_failure(run, epoch, save, cause)) from e
+        if save and run.ckpt is not None:  # every process writes its own shards
+            run.ckpt.save(epoch, state, meta)
+    except Exception as e:
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        raise TrainingError(_write_failure(run, epoch, save, cause)) from e
     if save:
         run.checkpoint_epoch = epoch
     local = " ".join(f"{record[k]:.2f}" for k in record if k.startswith("local_error/"))
@@ -431,6 +483,21 @@ def _record_and_save(run: _Run, state, epoch: int, record: dict[str, Any]) -> No
         f"test loss {record['test_loss']:.4f} error {record['test_error']:.2f}%  "
         f"local errors [{local}]  {record['epoch_seconds']:.1f}s"
     )
+
+
+@jax.jit
+def _finite_probe(state):
+    """Each floating array of `state` reduced where it lives to a 0-d float32 that is
+    finite iff all its elements are (the sum of 0·x: inf and nan give nan), any other
+    array to a 0-d int32 zero: what `check_state_finite` reads before a save, so no
+    process fetches the state's arrays."""
+
+    def leaf(x):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.sum(x * 0, dtype=jnp.float32)
+        return jnp.zeros((), jnp.int32)
+
+    return jax.tree_util.tree_map(leaf, state)
 
 
 def _os_error(error: BaseException) -> BaseException | None:
@@ -500,6 +567,38 @@ def _train_epoch(
             drain(window, totals, check)
     drain(window, totals, check)
     return state, totals, step_count
+
+
+def _pipelined_epoch(pipe) -> Callable:
+    """`_train_epoch` for a pipelined run: the same arguments (`train_fn` and `mesh` unused)
+    and results, the epoch run by `pipeline.run_epoch` (fill, train, drain, unpack)."""
+
+    def train_epoch(
+        train_fn, state, data, batches, mesh, step_count, sync_every, name, advice, show_progress
+    ):
+        from tqdm import tqdm  # only the full run draws a progress bar
+
+        del train_fn, mesh
+        first = step_count + 1
+
+        def check(step, metrics):
+            where = f"{name}, batch {step - first + 1} of {len(batches)}"
+            check_finite(metrics, step, where, *advice)
+
+        with tqdm(total=len(batches), desc=name, leave=False, disable=not show_progress) as bar:
+            state, totals, updates = pipeline_lib.run_epoch(
+                pipe,
+                state,
+                *data,
+                batches,
+                sync_every=sync_every,
+                check=check,
+                progress=lambda done: bar.update(done - bar.n),
+                free_state=True,
+            )
+        return state, totals, step_count + updates
+
+    return train_epoch
 
 
 def _evaluate(eval_fn, state, images, labels, batch_size: int, sync_every: int, mesh):

@@ -22,7 +22,17 @@ SAME batches; each writes what it computed, and `compare` lines them up.
               `REF_ONLY`), run the body of its train() loop on the same batches, and record
               the same quantities (per-block loss_pred/loss_sim from the reference's own
               layer statistics).
-  compare     tables (markdown + json) of both sides, and a one-line SUMMARY.
+              Both sides also record the gradient each step hands its optimizer (jax: a
+              pass-through optax transform in front of localjax's optimizer keeps it;
+              torch: a global optimizer step pre-hook reads every `.grad` before the
+              reference's optimizers step and clear them) and, on the torch side, each
+              Adam entry's smallest denominator sqrt(v_hat_t) so far (`adam_denom_min/`).
+  compare     tables (markdown + json) of both sides, and one-line summaries: SUMMARY
+              (losses, parameters, moments, BatchNorm statistics, logits), SUMMARY2
+              (gradients; trained tensors raw, in Adam's eps regime and the rest; the
+              step-1 check that the parameter difference is the optimizer's image of the
+              gradient difference), SUMMARY3 (parameter differences by the size of the
+              Adam denominator).
   run         jax side -> torch side -> compare for one config, with both pythons; with
               `--dtype float64` it first exports the float32 initial state, builds a
               float64 copy of localjax (make_patched.py --f64) and runs both sides in
@@ -61,6 +71,7 @@ the reference's train.py, as tools/crosscheck/ref_setup.sh exports them; run und
 
   python equiv.py run --config mlp_predsim --steps 100 --work SCRATCH/runs/mlp_predsim
                       [--dtype float64] [--unbiased-bn] [--set key=value ...]
+                      [--localjax-src DIR]   # DIR/localjax instead of this repository's
   python equiv.py jax   --config mlp_predsim --steps 100 --out DIR/jax [--init-npz F]
                         [--dtype float64 --localjax-path SCRATCH/lj_f64] [--init-only]
                         [--step-impl fused|reference] [--set key=value ...]
@@ -76,7 +87,8 @@ parameter differences):
   vgg8b_predsim, vgg8b_bio_predsim, vgg8b_backprop   (vgg8b: feat_mult 0.25, dim_in_decoder 1024)
   resnet18_predsim, resnet18_sim, resnet18_backprop  (feat_mult 0.125: widths 8..64; 28x28)
   wresnet16-4_predsim, wresnet16-4_backprop          (32x32; the reference has no width
-      option for Wide ResNets: full width 16/64/128/256, batch 32; --set model=wresnet10-1
+      option for Wide ResNets: full width 16/64/128/256, batch 32, 10-24 min per float64
+      run on 2 shared cores with --n-test 500; --set model=wresnet10-1 or wresnet16-1
       for a small one, built from the reference's own Wide_ResNet class)
 """
 import argparse
@@ -435,6 +447,22 @@ def _unflat(flat):
     return out
 
 
+def _grad_recorder():
+    """An optax transform that returns the gradient unchanged and keeps it as its state."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def init(params):
+        return jax.tree.map(jnp.zeros_like, params)
+
+    def update(grads, state, params=None):
+        del state, params
+        return grads, grads
+
+    return optax.GradientTransformation(init, update)
+
+
 def cmd_jax(a):
     if a.localjax_path:
         sys.path.insert(0, a.localjax_path)
@@ -468,8 +496,11 @@ def cmd_jax(a):
                         nonlin=c['nonlin'], dropout=c['dropout'], beta=c['beta'],
                         dim_in_decoder=c['dim_in_decoder'], bio=c['bio'],
                         target_proj_size=c['target_proj_size'], dtype=dt)
-    # Adam (or plain SGD), constant rate
-    tx = make_optimizer(c['lr'], (), steps_per_epoch=469, optim=c['optim'])
+    # Adam (or plain SGD), constant rate; in front of it a transform that passes the
+    # gradient on unchanged and keeps it in its state, so that the gradient the step
+    # computed can be exported (`grad/<name>` in the snapshots)
+    tx = optax.chain(_grad_recorder(), make_optimizer(c['lr'], (), steps_per_epoch=469,
+                                                      optim=c['optim']))
     x0 = jnp.asarray(xtr[batches[0][:2], :, :, None])
     y0 = jnp.asarray(ytr[batches[0][:2]].astype(np.int32))
     state = create_train_state(model, tx, jax.random.key(a.init_seed), x0, y0)
@@ -504,6 +535,13 @@ def cmd_jax(a):
             for path, leaf in _flat(tree).items():
                 name, kind, extra = rules[(col,) + path]
                 out[name] = to_torch_layout(np.asarray(leaf), kind, extra)
+        return out
+
+    def export_grads(st):
+        out = {}
+        for path, leaf in _flat(st.opt_state[0]).items():  # _grad_recorder's state
+            name, kind, extra = rules[('params',) + path]
+            out['grad/' + name] = to_torch_layout(np.asarray(leaf), kind, extra)
         return out
 
     def export_moments(st):
@@ -640,7 +678,7 @@ def cmd_jax(a):
         train_logits.append(np.asarray(logits))
         if k in snaps:
             np.savez(os.path.join(a.out, 'state_step%d.npz' % k), **export(state),
-                     **export_moments(state))
+                     **export_moments(state), **export_grads(state))
         if a.verbose:
             print('jax step %d  out %.6g  %s' % (k, rec['out_loss'], [
                 None if b is None else round(b['loss'], 6) for b in blocks]), flush=True)
@@ -694,29 +732,10 @@ def ref_train_step(ns, args, model, opt, blocks, data, target):
 
 
 def fix_basicblock_dim_out(ns, args, model, input_dim):
-    """Rebuild the convolutions of every reference BasicBlock whose `dim_out` is not its
-    real output size (the reference passes the unit's input size to both), with the
-    reference's own LocalLossBlockConv and the constructor arguments BasicBlock uses, but
-    the real size. Without it a local-learning pred/predsim forward of the reference's
-    resnet18/34 stops at the first strided unit (its decoder is sized for the input map).
-    Returns what it changed."""
-    fixed = []
-    d = input_dim  # map size entering the unit (the stem is a 3x3, stride 1, padding 1 conv)
-    for lname in ('layer1', 'layer2', 'layer3', 'layer4'):
-        for u, blk in enumerate(getattr(model, lname)):
-            if not isinstance(blk, ns['BasicBlock']):
-                return fixed  # Bottleneck units give their convolutions the right sizes
-            d_out = (d - 1) // blk.stride + 1  # 3x3 conv, padding 1
-            if blk.input_dim != d_out:
-                act = dict(bias=False, pre_act=args.pre_act, post_act=not args.pre_act)
-                c1, c2 = blk.conv1, blk.conv2
-                blk.conv1 = ns['LocalLossBlockConv'](c1.ch_in, c1.ch_out, 3, blk.stride, 1,
-                                                     NUM_CLASSES, d_out, **act)
-                blk.conv2 = ns['LocalLossBlockConv'](c2.ch_in, c2.ch_out, 3, 1, 1,
-                                                     NUM_CLASSES, d_out, **act)
-                fixed.append('%s.%d: dim_out %d -> %d' % (lname, u, blk.input_dim, d_out))
-            d = d_out
-    return fixed
+    """refbench.fix_basicblock_dim_out (module docstring: the reference's BasicBlock sizes
+    its decoders for the unit's input map)."""
+    import refbench
+    return refbench.fix_basicblock_dim_out(ns, args, model, input_dim)
 
 
 def cmd_torch(a):
@@ -803,9 +822,40 @@ def cmd_torch(a):
     optimizers = [opt] + [m.optimizer for m in model.modules()
                           if isinstance(getattr(m, 'optimizer', None), torch.optim.Optimizer)]
 
+    # the gradient every optimizer of the reference is about to apply (its blocks step and
+    # clear theirs inside forward()): a global step pre-hook, on during training steps
+    grads_seen = {}
+    recording = [False]
+
+    def grad_hook(o, args_, kwargs_):
+        if recording[0]:
+            for g in o.param_groups:
+                for p in g['params']:
+                    if p.grad is not None:
+                        grads_seen[pname[id(p)]] = p.grad.detach().cpu().numpy().copy()
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+    register_optimizer_step_pre_hook(grad_hook)
+    # per entry, the smallest Adam denominator sqrt(v_hat_t) (bias-corrected second moment)
+    # over the steps so far: where it is small, Adam scales the gradient's rounding up
+    denom_min = {}
+
+    def track_denominators():
+        for o in optimizers:
+            b2 = o.param_groups[0].get('betas', (0.9, 0.999))[1]
+            for p, st in o.state.items():
+                if 'exp_avg_sq' in st:
+                    t = float(st['step'])
+                    d = (st['exp_avg_sq'] / (1 - b2 ** t)).sqrt().detach().cpu().numpy()
+                    n = pname[id(p)]
+                    denom_min[n] = d.copy() if n not in denom_min else np.minimum(
+                        denom_min[n], d)
+
     def export():
         out = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()
                if not k.endswith('num_batches_tracked')}
+        out.update({'grad/' + n: g for n, g in grads_seen.items()})
+        out.update({'adam_denom_min/' + n: d.copy() for n, d in denom_min.items()})
         for o in optimizers:
             for p, st in o.state.items():
                 if 'exp_avg' in st:
@@ -854,8 +904,12 @@ def cmd_torch(a):
                 mask_feed[key] = torch.from_numpy(arr[k - 1].astype(np.bool_))
         if k - 1 in snaps:
             log['eval'][k - 1] = run_eval()
+        grads_seen.clear()
+        recording[0] = True
         logits, loss_local, loss_global, per_block, correct = ref_train_step(
             ns, args, model, opt, blocks, xb, yb)
+        recording[0] = False
+        track_denominators()
         rec = dict(step=k, blocks=per_block, out_loss=loss_global, local_total=loss_local,
                    train_error=100.0 * (1 - correct / len(idx)))
         log['steps'].append(rec)
@@ -903,6 +957,76 @@ def tensor_diff(a, b, b0=None):
     return r
 
 
+# Adam's eps (PyTorch's and optax's default) and the eps regime: an entry whose Adam
+# denominator sqrt(v_hat_t) (the bias-corrected root mean square of its gradients, from the
+# reference's optimizer state) fell below EPS_REGIME at some step up to a snapshot. Such an
+# entry's gradient is tiny (<= 1e-6; its float64 rounding, about 1e-15 absolute in these
+# models, is then >= 1e-9 of it), and Adam turns it into an update of comparable size to
+# every other entry's (lr * m_hat / (sqrt(v_hat) + eps)), so its rounding moves the
+# parameter by up to lr * (rounding) / eps (docs/crosscheck.md, "Adam on near-zero
+# gradients"). `compare` reports these entries apart from the rest, and the raw maximum.
+ADAM_EPS = 1e-8
+EPS_REGIME = 100 * ADAM_EPS
+DENOM = 'adam_denom_min/'  # the torch side's per-entry minimum of sqrt(v_hat_t)
+# band edges of that minimum for the breakdown (`bands`): < 1e-8, [1e-8, 1e-7), ..., >= 1e-4
+DENOM_BANDS = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
+
+
+def is_trained(key):
+    """A trained tensor of the state (not a moment, gradient or BatchNorm statistic)."""
+    return not (key.startswith(('exp_avg', 'grad/', DENOM))
+                or key.endswith(('running_mean', 'running_var')))
+
+
+def split_entries(a, b, denom):
+    """Differences of one trained tensor (test a, reference b), relative to max|b| as
+    everywhere (inf-norm), apart for the entries in Adam's eps regime (`denom` < EPS_REGIME;
+    None: no Adam state, e.g. SGD or a tensor no optimizer holds) and the rest."""
+    import numpy as np
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    d = np.abs(a - b)
+    mb = float(np.max(np.abs(b))) if b.size else 0.0
+    flag = np.zeros(b.shape, bool) if denom is None else np.asarray(denom) < EPS_REGIME
+    scale = mb if mb > 0 else 1.0
+    rest, eps = d[~flag], d[flag]
+    out = dict(n=int(b.size), n_eps=int(flag.sum()),
+               rel_inf_rest=float(rest.max() / scale) if rest.size else 0.0,
+               rel_inf_eps=float(eps.max() / scale) if eps.size else None)
+    if denom is not None:  # by the size of the Adam denominator: [count, max rel] per band
+        band = np.searchsorted(np.asarray(DENOM_BANDS), np.asarray(denom), side='right')
+        out['bands'] = [[int(np.sum(band == i)),
+                         float(d[band == i].max() / scale) if np.any(band == i) else None]
+                        for i in range(len(DENOM_BANDS) + 1)]
+    return out
+
+
+def update_image_residual(theta_t, theta_r, g_t, g_r, theta0, optim, lr):
+    """After step 1 (both sides from the same theta0): the parameter difference minus the
+    optimizer's image of the gradient difference, max abs relative to max|theta_r|. Adam's
+    first update is lr * g / (|g| + eps) (m_hat = g, sqrt(v_hat) = |g|), SGD's lr * g; a
+    residual at rounding level (~1e-16) says that the parameters differ only because the
+    gradients do, by the optimizer's own arithmetic."""
+    import numpy as np
+    f = np.float64
+    g_t, g_r = np.asarray(g_t, f), np.asarray(g_r, f)
+    if optim == 'sgd':
+        pred = -lr * (g_t - g_r)
+    else:
+        pred = -lr * (g_t / (np.abs(g_t) + ADAM_EPS) - g_r / (np.abs(g_r) + ADAM_EPS))
+    obs = np.asarray(theta_t, f) - np.asarray(theta_r, f)
+    mb = float(np.max(np.abs(np.asarray(theta_r, f))))
+    del theta0  # the same on both sides (init.npz)
+    return float(np.max(np.abs(obs - pred)) / (mb if mb > 0 else 1.0))
+
+
+def band_text(bands):
+    edges = ['%g' % e for e in DENOM_BANDS]
+    names = ['< ' + edges[0]] + ['%s-%s' % (lo, hi) for lo, hi in zip(edges, edges[1:])] + [
+        '>= ' + edges[-1]]
+    return ', '.join('%s: %d, %s' % (nm, n, fmt(m)) for nm, (n, m) in zip(names, bands))
+
+
 def fmt(x):
     if x is None:
         return '-'
@@ -921,7 +1045,8 @@ def cmd_compare(a):
     T = json.load(open(os.path.join(a.test, 'log.json')))
     os.makedirs(a.out, exist_ok=True)
     res = dict(ref=a.ref, test=a.test, ref_side=R['side'], test_side=T['side'],
-               ref_dtype=R['dtype'], test_dtype=T['dtype'], steps=[], tensors={}, eval={})
+               ref_dtype=R['dtype'], test_dtype=T['dtype'], steps=[], tensors={}, eval={},
+               entries={}, adam_image={})
     n = min(len(R['steps']), len(T['steps']))
     nb = len(R['steps'][0]['blocks'])
     # per step scalars
@@ -954,8 +1079,18 @@ def cmd_compare(a):
         if not (os.path.exists(fr) and os.path.exists(ft)):
             continue
         zr, zt = np.load(fr), np.load(ft)
-        keys = sorted(set(zr.files) | set(zt.files))
+        keys = sorted(k for k in set(zr.files) | set(zt.files) if not k.startswith(DENOM))
         rows = {}
+        denoms = {k[len(DENOM):]: zr[k] for k in zr.files if k.startswith(DENOM)}
+        res['entries'][s] = {key: split_entries(zt[key], zr[key], denoms.get(key))
+                             for key in keys if is_trained(key) and key in zt.files
+                             and key in zr.files}
+        if s == 1:
+            res['adam_image'] = {key: update_image_residual(
+                zt[key], zr[key], zt['grad/' + key], zr['grad/' + key], init_r[key],
+                R['config']['optim'], R['config']['lr'])
+                for key in res['entries'][s] if 'grad/' + key in zt.files
+                and 'grad/' + key in zr.files and key in init_r.files}
         for key in keys:
             if key not in zr.files or key not in zt.files:
                 rows[key] = dict(missing='ref' if key not in zr.files else 'test')
@@ -965,6 +1100,10 @@ def cmd_compare(a):
             if key.startswith('exp_avg'):
                 b0 = np.zeros_like(zr[key])
             rows[key] = tensor_diff(zt[key], zr[key], b0)
+            if key.startswith('grad/') and key.endswith(PRE_BN_BIAS):
+                v = res.setdefault('pre_bn_grad_abs', {}).setdefault(str(s), [0.0, 0.0])
+                v[0] = max(v[0], float(np.max(np.abs(zr[key]))))
+                v[1] = max(v[1], float(np.max(np.abs(zt[key]))))
         res['tensors'][s] = rows
     # eval
     er = np.load(os.path.join(a.ref, 'eval_logits.npz'))
@@ -999,6 +1138,20 @@ def cmd_compare(a):
               fmt(sm['running_mean_rel_max']), fmt(sm['running_var_rel_max']),
               fmt(sm['train_logits_max_abs']), fmt(sm['eval_logits_rel_max']),
               ('  [reference patched: %s]' % '; '.join(sm['ref_fixes'])) if sm['ref_fixes'] else ''))
+    print('SUMMARY2 %s %s: step-1 gradients max rel %s (all snapshots %s) | trained tensors '
+          'raw max rel %s; Adam eps regime (sqrt(v_hat) < %g at some step): %d of %d entries, '
+          'max rel %s; the rest max rel %s | step-1 parameter difference minus the optimizer\'s '
+          'image of the gradient difference %s | pre-BN bias gradients max abs ref %s test %s | '
+          'parameter difference relative to the update (l2) max %s' % (
+              sm['config'], sm['optim'], fmt(sm['grad_rel_step1_max']), fmt(sm['grad_rel_max']),
+              fmt(sm['param_rel_raw_max']), EPS_REGIME, sm['eps_regime_entries'],
+              sm['trained_entries'], fmt(sm['param_rel_eps_regime_max']),
+              fmt(sm['param_rel_rest_max']), fmt(sm['step1_update_image_residual']),
+              fmt(sm['pre_bn_grad_abs_max_ref']), fmt(sm['pre_bn_grad_abs_max_test']),
+              fmt(sm['param_rel_to_update_max'])))
+    if sm['denom_bands']:
+        print('SUMMARY3 %s: trained-tensor entries by their smallest Adam denominator '
+              'sqrt(v_hat), [entries, max rel]: %s' % (sm['config'], band_text(sm['denom_bands'])))
 
 
 # conv/linear biases whose output only a BatchNorm reads (true gradient 0): every block's
@@ -1021,12 +1174,20 @@ def summarize(res, R, T):
     loss = max((v[3] for row in res['steps'] for q, v in row.items() if q != 'step'),
                default=0.0)
     par = par_l2 = mom = rmean = rvar = pre_bn_abs = pre_bn_rel = 0.0
-    for rows in res['tensors'].values():
+    grad1 = grad = par_upd = 0.0
+    pre_bn_grad = [0.0, 0.0]  # max |gradient| of the pre-BN biases: reference, test
+    for s, rows in res['tensors'].items():
         for key, d in rows.items():
             if 'missing' in d:
                 continue
             r = d['rel_inf']
-            if key.endswith(PRE_BN_BIAS):
+            if key.startswith('grad/'):
+                if key.endswith(PRE_BN_BIAS):  # analytically zero: both sides' are noise
+                    continue
+                grad = max(grad, r)
+                if int(s) == 1:
+                    grad1 = max(grad1, r)
+            elif key.endswith(PRE_BN_BIAS):
                 # a bias right before a BatchNorm: its true gradient is 0, each side's is
                 # rounding noise, which Adam divides by sqrt(v) + eps (noise / 1e-8)
                 if not key.startswith('exp_avg'):
@@ -1041,6 +1202,44 @@ def summarize(res, R, T):
             else:
                 par = max(par, r)
                 par_l2 = max(par_l2, d['rel_l2'])
+                if d.get('rel_to_update') is not None:
+                    par_upd = max(par_upd, d['rel_to_update'])
+    # the pre-BN biases' gradients, both sides, every snapshot (grad_abs: see cmd_compare)
+    for v in res.get('pre_bn_grad_abs', {}).values():
+        pre_bn_grad = [max(pre_bn_grad[0], v[0]), max(pre_bn_grad[1], v[1])]
+    # trained tensors, entry by entry: the raw maximum (pre-BN biases included), and apart
+    # for the entries in Adam's eps regime and the rest (pre-BN biases excluded)
+    raw = rest = 0.0
+    eps_rel = None
+    n_eps = n_all = 0
+    for s, rows in res.get('entries', {}).items():
+        ne = na = 0
+        for key, d in rows.items():
+            raw = max(raw, d['rel_inf_rest'], d['rel_inf_eps'] or 0.0)
+            if key.endswith(PRE_BN_BIAS):
+                continue
+            rest = max(rest, d['rel_inf_rest'])
+            if d['rel_inf_eps'] is not None:
+                eps_rel = max(eps_rel or 0.0, d['rel_inf_eps'])
+            ne += d['n_eps']
+            na += d['n']
+        n_eps, n_all = max(n_eps, ne), max(n_all, na)
+    bands = None
+    for rows in res.get('entries', {}).values():
+        for key, d in rows.items():
+            if key.endswith(PRE_BN_BIAS) or 'bands' not in d:
+                continue
+            if bands is None:
+                bands = [[0, None] for _ in d['bands']]
+            for agg, (_, m) in zip(bands, d['bands']):
+                if m is not None:
+                    agg[1] = m if agg[1] is None else max(agg[1], m)
+    if bands is not None:  # entry counts: at the last snapshot (the minimum only falls)
+        last = res['entries'][max(res['entries'], key=int)]
+        for i, agg in enumerate(bands):
+            agg[0] = sum(d['bands'][i][0] for k, d in last.items()
+                         if 'bands' in d and not k.endswith(PRE_BN_BIAS))
+    image = max(res.get('adam_image', {}).values(), default=None)
     c = R['config']
     overrides = ' '.join('%s=%s' % (k, c[k]) for k in sorted(c)
                          if k != 'name' and c[k] != make_config(c['name']).get(k))
@@ -1055,7 +1254,14 @@ def summarize(res, R, T):
                                         default=0.0),
                 eval_argmax_disagree=max((d['argmax_disagree'] for d in res['eval'].values()),
                                          default=0),
-                ref_only=R.get('ref_only', []), ref_fixes=R.get('ref_fixes', []))
+                ref_only=R.get('ref_only', []), ref_fixes=R.get('ref_fixes', []),
+                optim=c['optim'], lr=c['lr'],
+                grad_rel_step1_max=grad1, grad_rel_max=grad,
+                pre_bn_grad_abs_max_ref=pre_bn_grad[0], pre_bn_grad_abs_max_test=pre_bn_grad[1],
+                param_rel_to_update_max=par_upd,
+                param_rel_raw_max=raw, param_rel_rest_max=rest, param_rel_eps_regime_max=eps_rel,
+                eps_regime_entries=n_eps, trained_entries=n_all, denom_bands=bands,
+                step1_update_image_residual=image)
 
 
 def render_markdown(res, R, T, steps_shown):
@@ -1078,6 +1284,20 @@ def render_markdown(res, R, T, steps_shown):
                          fmt(sm['pre_bn_bias_rel_max']), fmt(sm['running_mean_rel_max']),
                          fmt(sm['running_var_rel_max']), fmt(sm['train_logits_max_abs']),
                          fmt(sm['eval_logits_rel_max']), sm['eval_argmax_disagree']))
+        lines.append('gradients (%s): step 1 max rel %s, all snapshots %s; trained tensors: raw '
+                     'max rel %s; entries in Adam\'s eps regime (sqrt(v_hat) < %g at some step): '
+                     '%d of %d, max rel %s; the rest: max rel %s; step-1 parameter difference '
+                     'minus the optimizer\'s image of the gradient difference: %s; pre-BN bias '
+                     'gradients max abs: reference %s, test %s\n' % (
+                         sm['optim'], fmt(sm['grad_rel_step1_max']), fmt(sm['grad_rel_max']),
+                         fmt(sm['param_rel_raw_max']), EPS_REGIME, sm['eps_regime_entries'],
+                         sm['trained_entries'], fmt(sm['param_rel_eps_regime_max']),
+                         fmt(sm['param_rel_rest_max']), fmt(sm['step1_update_image_residual']),
+                         fmt(sm['pre_bn_grad_abs_max_ref']), fmt(sm['pre_bn_grad_abs_max_test'])))
+        if sm['denom_bands']:
+            lines.append('trained-tensor entries by their smallest Adam denominator sqrt(v_hat) '
+                         '(pre-BN biases apart), [entries, max rel]: %s\n'
+                         % band_text(sm['denom_bands']))
         if sm['ref_fixes']:
             lines.append('reference patched (BasicBlock dim_out): ' + '; '.join(sm['ref_fixes'])
                          + '\n')
@@ -1155,13 +1375,14 @@ def cmd_run(a):
         cmds.append([a.jax_python, os.path.join(HERE, 'make_patched.py'), '--src', src,
                      '--dst', lj_path] + (['--f64'] if a.dtype == 'float64' else []) +
                     (['--unbiased-bn'] if a.unbiased_bn else []))
-    if lj_path:
-        jax_extra += ['--localjax-path', lj_path]
+    src_path = os.path.abspath(a.localjax_src)  # the unpatched localjax: --localjax-src
+    jax_extra += ['--localjax-path', lj_path or src_path]
     if a.dtype == 'float64':
         # the float32 initial state (the unpatched localjax's own init), loaded by both sides
         init_npz = os.path.join(work, 'init32', 'init.npz')
         cmds.append([a.jax_python, me, 'jax', '--out', os.path.join(work, 'init32'),
-                     '--init-only', '--init-seed', str(a.init_seed)] + common)
+                     '--init-only', '--init-seed', str(a.init_seed),
+                     '--localjax-path', src_path] + common)
         jax_extra += ['--init-npz', init_npz]
     cmds += [[a.jax_python, me, 'jax', '--out', jdir, '--step-impl', a.step_impl,
               '--init-seed', str(a.init_seed)] + jax_extra + common,
@@ -1239,7 +1460,8 @@ def main(argv=None):
     r.add_argument('--localjax-path', default=None,
                    help='use this patched localjax copy (its parent folder) instead of making one')
     r.add_argument('--localjax-src', default=REPO,
-                   help='the repository whose localjax/ the patched copies are made from')
+                   help='the folder whose localjax/ is run (the initial state, float32) and '
+                        'copied for the patched copies (e.g. a `git archive` of one commit)')
 
     sub.add_parser('list')
     a = ap.parse_args(argv)

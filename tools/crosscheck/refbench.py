@@ -30,6 +30,8 @@ Examples
   python refbench.py --train-py <scratch>/train.py --data-dir <fmnist dir> \
       suite --presets a,b,c,d,e,f --workdir <scratch> --out <scratch>/suite.json
   python refbench.py --train-py <scratch>/train.py bench --preset a --eval-reps 20
+  python refbench.py --train-py <scratch>/train.py bench --model resnet18 --dataset cifar10 \
+      --fix-basicblock --warmup 1 --steps 5 --slow-threshold-s 0   # CIFAR shapes, random images
   python refbench.py --train-py <scratch>/train.py train --preset a --epochs 5 \
       --json <scratch>/train_a.json
   python refbench.py --train-py <scratch>/train.py flops --presets a,e
@@ -162,26 +164,27 @@ def load_reference(train_py, overrides):
     return ns, args
 
 
-def build(ns, args, input_dim=INPUT_DIM, fix=None):
+def build(ns, args, input_dim=INPUT_DIM, fix=None, input_ch=INPUT_CH):
     """Model + optimizer exactly as the reference main script builds them.
 
     Models: mlp, vgg*, resnet18..resnet152 (the script's table), wresnet<depth>-<k>[a]
     (the script's table names, and any other depth/width of its Wide_ResNet class).
     `fix(model)`, if given, runs after the model is built and before its learning rates
-    are set (equiv.py's BasicBlock dim_out fix)."""
+    are set (`fix_basicblock_dim_out`). `input_dim`, `input_ch`: 28, 1 (Fashion-MNIST) or
+    32, 3 (CIFAR), as the script sets them per dataset."""
     import re
     import torch.optim as optim
     wide = re.fullmatch(r'wresnet(\d+)-(\d+)(a?)', args.model)
     if args.model == 'mlp':
-        model = ns['Net'](args.num_layers, args.num_hidden, input_dim, INPUT_CH, NUM_CLASSES)
+        model = ns['Net'](args.num_layers, args.num_hidden, input_dim, input_ch, NUM_CLASSES)
     elif args.model.startswith('vgg'):
-        model = ns['VGGn'](args.model, input_dim, INPUT_CH, NUM_CLASSES, args.feat_mult)
+        model = ns['VGGn'](args.model, input_dim, input_ch, NUM_CLASSES, args.feat_mult)
     elif args.model in RESNETS:
         unit, layers = RESNETS[args.model]
-        model = ns['ResNet'](ns[unit], layers, NUM_CLASSES, INPUT_CH, args.feat_mult, input_dim)
+        model = ns['ResNet'](ns[unit], layers, NUM_CLASSES, input_ch, args.feat_mult, input_dim)
     elif wide:
         model = ns['Wide_ResNet'](int(wide[1]), int(wide[2]), args.dropout, NUM_CLASSES,
-                                  INPUT_CH, input_dim, bool(wide[3]))
+                                  input_ch, input_dim, bool(wide[3]))
     else:
         raise SystemExit('unsupported model %r (mlp, vgg*, resnet*, wresnet*)' % args.model)
     if fix is not None:
@@ -194,6 +197,32 @@ def build(ns, args, input_dim=INPUT_DIM, fix=None):
                          amsgrad=args.optim == 'amsgrad')
     model.set_learning_rate(args.lr)
     return model, opt
+
+
+def fix_basicblock_dim_out(ns, args, model, input_dim):
+    """Rebuild the convolutions of every reference BasicBlock whose `dim_out` is not its
+    real output size (the reference passes the unit's input size to both), with the
+    reference's own LocalLossBlockConv and the constructor arguments BasicBlock uses, but
+    the real size. Without it a local-learning pred/predsim forward of the reference's
+    resnet18/34 stops at the first strided unit (its decoder is sized for the input map).
+    Returns what it changed (docs/crosscheck.md, "Reference defects")."""
+    fixed = []
+    d = input_dim  # map size entering the unit (the stem is a 3x3, stride 1, padding 1 conv)
+    for lname in ('layer1', 'layer2', 'layer3', 'layer4'):
+        for u, blk in enumerate(getattr(model, lname)):
+            if not isinstance(blk, ns['BasicBlock']):
+                return fixed  # Bottleneck units give their convolutions the right sizes
+            d_out = (d - 1) // blk.stride + 1  # 3x3 conv, padding 1
+            if blk.input_dim != d_out:
+                act = dict(bias=False, pre_act=args.pre_act, post_act=not args.pre_act)
+                c1, c2 = blk.conv1, blk.conv2
+                blk.conv1 = ns['LocalLossBlockConv'](c1.ch_in, c1.ch_out, 3, blk.stride, 1,
+                                                     NUM_CLASSES, d_out, **act)
+                blk.conv2 = ns['LocalLossBlockConv'](c2.ch_in, c2.ch_out, 3, 1, 1,
+                                                     NUM_CLASSES, d_out, **act)
+                fixed.append('%s.%d: dim_out %d -> %d' % (lname, u, blk.input_dim, d_out))
+            d = d_out
+    return fixed
 
 
 def n_params_total(model):
@@ -404,32 +433,52 @@ def cmd_bench(a):
     import torch
     threads = set_threads(a.threads)
     ns, args = load_reference(a.train_py, model_overrides(a))
+    if a.dataset == 'cifar10':
+        args.dataset = 'CIFAR10'
     torch.manual_seed(args.seed)
     B = args.batch_size
-    n_need = (a.warmup + a.steps) * B
-    xtr, ytr = load_split(a.data_dir, 'train', limit=n_need)
     rng = np.random.default_rng(args.seed)
-    aug = Augmenter(xtr, rng)
-    perm = rng.permutation(len(xtr))
     batches = []
-    for i in range(a.warmup + a.steps):
-        idx = perm[(i * B) % len(xtr):][:B]
-        if len(idx) < B:
-            idx = rng.choice(len(xtr), B, replace=False)
+    if a.dataset == 'cifar10':
+        # CIFAR-10 shapes (3x32x32, 10 classes), random images: timing only; the batches
+        # are made before timing, as the reference's DataLoader would hand them over
+        input_dim, input_ch = 32, 3
+        for i in range(min(a.warmup + a.steps, 8)):
+            u8 = rng.integers(0, 256, (B, 3, 32, 32), dtype=np.uint8)
+            xb = ((u8.astype(np.float32) / 255.0 - 0.5) / 0.25).astype(np.float32)
+            batches.append((torch.from_numpy(xb),
+                            torch.from_numpy(rng.integers(0, NUM_CLASSES, B).astype(np.int64))))
+        aug_ms = None
+    else:
+        input_dim, input_ch = INPUT_DIM, INPUT_CH
+        n_need = (a.warmup + a.steps) * B
+        xtr, ytr = load_split(a.data_dir, 'train', limit=n_need)
+        aug = Augmenter(xtr, rng)
+        perm = rng.permutation(len(xtr))
+        for i in range(a.warmup + a.steps):
+            idx = perm[(i * B) % len(xtr):][:B]
+            if len(idx) < B:
+                idx = rng.choice(len(xtr), B, replace=False)
+            xb = aug.batch(idx)
+            batches.append((torch.from_numpy(xb), torch.from_numpy(ytr[idx].astype(np.int64))))
+        # augmentation cost (vectorised numpy) per batch, measured separately
         t0 = time.perf_counter()
-        xb = aug.batch(idx)
-        batches.append((torch.from_numpy(xb), torch.from_numpy(ytr[idx].astype(np.int64))))
-    # augmentation cost (vectorised numpy) per batch, measured separately
-    t0 = time.perf_counter()
-    for i in range(20):
-        aug.batch(perm[:B])
-    aug_ms = (time.perf_counter() - t0) / 20 * 1e3
+        for i in range(20):
+            aug.batch(perm[:B])
+        aug_ms = (time.perf_counter() - t0) / 20 * 1e3
 
-    model, opt = build(ns, args)
+    ref_fixes = []
+
+    def fix(model):
+        if a.fix_basicblock:
+            ref_fixes.extend(fix_basicblock_dim_out(ns, args, model, input_dim))
+
+    model, opt = build(ns, args, input_dim=input_dim, fix=fix, input_ch=input_ch)
     model.train()
     rss_setup = rss_mib()
     waited = wait_quiet(a.quiet_wait)
-    res = dict(config=describe(args), preset=a.preset,
+    res = dict(config=describe(args), preset=a.preset, dataset=a.dataset,
+               input_shape=[input_ch, input_dim, input_dim], ref_fixes=ref_fixes,
                desc=PRESET_DESC.get(a.preset, ''), threads=threads,
                torch=torch.__version__, train_py_sha256=ns['_sha256'],
                params_total=n_params_total(model),
@@ -477,6 +526,8 @@ def cmd_bench(a):
                samples_per_s=B / (med / 1e3))
     res['rss_after_train_mib'] = rss_mib()
 
+    if a.eval_reps > 0 and a.dataset != 'fashion_mnist':
+        raise SystemExit('--eval-reps times Fashion-MNIST test batches only')
     if a.eval_reps > 0:
         xte, yte = load_split(a.data_dir, 'test', limit=a.eval_batch)
         xe = torch.from_numpy(normalize(xte))
@@ -752,7 +803,6 @@ def summarize_flops(ops, B):
 
 
 def cmd_flops(a):
-    import torch
     set_threads(a.threads)
     rows = []
     presets = a.presets.split(',') if a.presets else [a.preset]
@@ -845,6 +895,13 @@ def main(argv=None):
                    help='wait up to this many s for other processes to go idle first')
     b.add_argument('--flush-denormal', dest='flush_denormal', action='store_true',
                    help='diagnostic only: torch.set_flush_denormal(True) (not the reference)')
+    b.add_argument('--dataset', default='fashion_mnist', choices=['fashion_mnist', 'cifar10'],
+                   help='fashion_mnist: real augmented batches (--data-dir); cifar10: random '
+                        '3x32x32 images and labels of CIFAR-10\'s shapes (timing only)')
+    b.add_argument('--fix-basicblock', dest='fix_basicblock', action='store_true',
+                   help='rebuild the BasicBlock convolutions whose dim_out the reference gets '
+                        'wrong (fix_basicblock_dim_out): without it a resnet18/34 pred or '
+                        'predsim step stops with a shape error')
 
     s = sub.add_parser('suite')
     s.add_argument('--presets', default='a,b,c,d,e,f')

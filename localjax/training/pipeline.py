@@ -1,0 +1,915 @@
+"""Pipelined local learning: the blocks on different devices, the fused step's numbers
+(issue 16; docs/pipeline.md).
+
+Usage::
+
+    mesh = make_pipeline_mesh(jax.devices(), num_stages=2)       # ('stage', 'data')
+    pipe = make_pipeline(model, tx, state, mesh, sample=(images[:2], labels[:2]),
+                         batch_size=128, preprocess=augment, seed=0)
+    state, totals, n = run_epoch(pipe, state, images, labels, batches, sync_every=16)
+
+Local losses remove backward locking: a block's update needs its own input and its own
+heads, never a gradient from a later block. So stage s can train its blocks on batch
+t − s while stage s + 1 trains on batch t − s − 1. Each block still takes exactly one
+update per batch, in batch order, and block k's input for batch b is block k − 1's output
+computed with the parameters the sequential step would have used, so the pipeline computes
+the numbers of `make_train_step` (the fused step), skewed in time.
+
+Layout. The devices form a 2-D mesh `('stage', 'data')`. Each stage's slice of the
+`TrainState` (its blocks' parameters, BatchNorm statistics, fixed matrices, optimizer
+state and step count; the output layer's on the last stage) is packed, per dtype, into a
+flat vector padded to the longest stage's; the `[S, L]` buffers are sharded over `stage`
+and replicated over `data`, so a stage's state lives on its own devices only. The batch
+is sharded over `data` within a stage; BatchNorm statistics and similarity matrices stay
+global over the batch, as in the data-parallel step.
+
+One tick (`Pipeline.tick`, inside `shard_map` over `stage`, `data` left to the
+partitioner): every stage unpacks its state, runs its blocks on the activation it
+received (stage 0: the augmented batch it was fed) with `lax.switch` on its stage index,
+takes each block's local gradient, updates its state, and sends the cut output, the
+labels and a valid flag to the next stage with `ppermute`. A stage that holds no batch
+(pipeline fill and drain) computes on zeros and keeps its state (`jnp.where`); its step
+count, and with it the optimizer's count and learning-rate schedule, counts valid updates
+only. Dropout and augmentation draw from `fold_in(seed, step)` and the block's name, as
+the fused step does, so both draw the same masks.
+
+An epoch (`run_epoch`): pack the state, feed the batches one tick each, drain (S − 1
+ticks), then unpack into the ordinary replicated `TrainState`: evaluation, checkpoints and
+resume see the same pytree as without a pipeline, and a resume with another stage count
+simply packs it differently. A last, smaller batch goes through the pipeline on its own
+(its own compiled shape) after the full ones have drained.
+
+Letters: S stages, D data devices per stage, B batch, T ticks per call, L buffer length,
+A padded activation width (elements per example).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.core.scope import LazyRng
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from localjax import losses
+from localjax.errors import ConfigError
+
+# `_run_layers` is LocalNetwork.sweep's block loop, run here on one stage's slice of layers
+from localjax.network import LocalNetwork, _run_layers, cut, output_loss_weight
+from localjax.objective import step_metrics, total_loss
+from localjax.ops.conv_wgrad import conv_wgrad_context
+from localjax.training.stages import (
+    StagePlan,
+    balance_cuts,
+    block_flops,
+    check_cuts,
+    num_blocks,
+    plan_stages,
+)
+from localjax.training.state import TrainState
+from localjax.training.steps import _step_keys
+
+__all__ = [
+    "STAGE",
+    "DATA",
+    "make_pipeline_mesh",
+    "check_batch_divisible",
+    "check_pipelinable",
+    "describe",
+    "Pipeline",
+    "make_pipeline",
+    "SkewedMetrics",
+    "run_epoch",
+    "to_host",
+]
+
+STAGE, DATA = "stage", "data"
+
+
+def make_pipeline_mesh(devices: Any, num_stages: int) -> Mesh:
+    """The 2-D `('stage', 'data')` mesh: S rows of D = n / S devices.
+
+    Consecutive devices (in `devices`' order, e.g. a data mesh's, grouped by process)
+    form a stage, so a stage's data-parallel collectives stay within a process where
+    they can.
+
+    Args:
+      devices: a sequence of devices, an array of them, or a `Mesh` (its devices in
+        order).
+      num_stages: S >= 1.
+
+    Returns:
+      A `Mesh` of shape `(S, n / S)` with axis names `('stage', 'data')`.
+
+    Raises:
+      ConfigError: S < 1, or n not divisible by S.
+
+    Implements issue 16 item 1 (a stage × data mesh) and item 4 (refusal).
+    """
+    flat = np.asarray(getattr(devices, "devices", devices), dtype=object).reshape(-1)
+    n = flat.size
+    if num_stages < 1 or n % num_stages:
+        raise ConfigError(
+            f"pipeline_stages={num_stages} does not divide the {n} devices: every stage "
+            f"gets the same number of data-parallel devices; use a pipeline_stages that "
+            f"divides {n} (or set num_devices to a multiple of {num_stages})."
+        )
+    return Mesh(flat.reshape(num_stages, n // num_stages), (STAGE, DATA))
+
+
+def check_pipelinable(model: Any, num_stages: int, loss: str | None = None) -> None:
+    """Refuses, in one line, a network whose blocks cannot train as a pipeline.
+
+    Args:
+      model: the network (a `LocalNetwork` with `detach=True` can be pipelined).
+      num_stages: S.
+      loss: the config's loss name, for the message (None: unknown).
+
+    Raises:
+      ConfigError: the backprop baseline or deep supervision (`detach=False`: the
+        gradient crosses blocks), a model that is not a `LocalNetwork`, or more stages
+        than blocks (for any S >= 1: `make_pipeline` builds S = 1 too; the loop uses the
+        fused step there).
+
+    Implements issue 16 item 4.
+    """
+    if loss == "backprop" or (isinstance(model, LocalNetwork) and not model.detach):
+        what = (
+            "the backprop baseline (loss=backprop)"
+            if loss == "backprop"
+            else "deep supervision (detach=False)"
+        )
+        raise ConfigError(
+            f"pipeline_stages={num_stages} with {what}: its gradient crosses the blocks, so "
+            "they cannot train on separate devices; use pipeline_stages=1, or local "
+            "learning (loss pred/sim/predsim with detach=True)."
+        )
+    if not isinstance(model, LocalNetwork):
+        raise ConfigError(
+            f"pipeline_stages={num_stages} needs a LocalNetwork (blocks cut from each "
+            f"other); got {type(model).__name__}."
+        )
+    check_cuts(range(1, num_stages), num_blocks(model), num_stages)
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
+    """Refuses a batch that does not split evenly over one stage's data devices.
+
+    Args:
+      batch_size: the global batch size B.
+      mesh: the `('stage', 'data')` mesh (D devices per stage).
+
+    Raises:
+      ConfigError: B < 1 or B % D != 0; the message names both numbers.
+
+    Implements issue 16 item 4 (a batch that does not divide over the data axis).
+    """
+    stages, data = mesh.shape[STAGE], mesh.shape[DATA]
+    if batch_size < 1 or batch_size % data:
+        raise ConfigError(
+            f"batch_size={batch_size} does not divide over the {data} data-parallel devices "
+            f"of each of the {stages} pipeline stages; use a multiple of {data} (e.g. "
+            f"{max(data, batch_size // data * data)} or {(batch_size // data + 1) * data})."
+        )
+
+
+def describe(pipe: Pipeline) -> str:
+    """One line for the run's banner: stages, their blocks and their share of the FLOPs.
+
+    Args:
+      pipe: a `Pipeline`.
+
+    Returns:
+      str, e.g. `pipelined over 2 stages x 2 data devices: blocks 0-1 | 2 (FLOPs 52% |
+      48%), state padding 3%`.
+    """
+    total = sum(pipe.stage_flops) or 1.0
+    blocks = " | ".join(
+        f"{p.block_indices[0]}" + (f"-{p.block_indices[-1]}" if len(p.block_indices) > 1 else "")
+        for p in pipe.plans
+    )
+    shares = " | ".join(f"{100 * f / total:.0f}%" for f in pipe.stage_flops)
+    return (
+        f", pipelined over {pipe.num_stages} stages x {pipe.data_size} data devices: blocks "
+        f"{blocks} (FLOPs {shares}), state padding {100 * pipe.padding_waste():.0f}%"
+    )
+
+
+# -- flat buffers ---------------------------------------------------------------------
+
+
+def _flat_width(spec: Any) -> int:
+    """Elements per example of an activation (an array or a pytree of `[B, ...]` ones)."""
+    return sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(spec))
+
+
+def _to_flat(h: Any, width: int, dtype: Any) -> jax.Array:
+    """An activation (array or pytree of `[B, ...]`) -> `[B, width]` of `dtype`, padded."""
+    leaves = jax.tree.leaves(h)
+    b = leaves[0].shape[0]
+    flat = jnp.concatenate([leaf.reshape(b, -1).astype(dtype) for leaf in leaves], axis=1)
+    return jnp.pad(flat, ((0, 0), (0, width - flat.shape[1])))
+
+
+def _from_flat(act: jax.Array, spec: Any) -> Any:
+    """Inverse of `_to_flat` for the structure, shapes and dtypes of `spec` (any B)."""
+    leaves, treedef = jax.tree.flatten(spec)
+    b, out, offset = act.shape[0], [], 0
+    for leaf in leaves:
+        size = math.prod(leaf.shape[1:])
+        part = act[:, offset : offset + size].reshape((b, *leaf.shape[1:]))
+        out.append(part.astype(leaf.dtype))
+        offset += size
+    return jax.tree.unflatten(treedef, out)
+
+
+class _Layout:
+    """Where each leaf of a pytree sits in per-dtype flat vectors."""
+
+    def __init__(self, template: Any):
+        leaves, self.treedef = jax.tree.flatten(template)
+        self.entries = []  # (dtype name, offset, shape, dtype)
+        self.sizes: dict[str, int] = {}
+        for leaf in leaves:
+            dt = np.dtype(leaf.dtype).name
+            offset = self.sizes.get(dt, 0)
+            self.entries.append((dt, offset, tuple(leaf.shape), leaf.dtype))
+            self.sizes[dt] = offset + math.prod(leaf.shape)
+
+    def pack(self, tree: Any, lengths: Mapping[str, int]) -> dict[str, jax.Array]:
+        leaves = self.treedef.flatten_up_to(tree)
+        parts: dict[str, list] = {dt: [] for dt in lengths}
+        for (dt, _, _, _), leaf in zip(self.entries, leaves, strict=True):
+            parts[dt].append(jnp.ravel(leaf))
+        out = {}
+        for dt, length in lengths.items():
+            used = self.sizes.get(dt, 0)
+            parts[dt].append(jnp.zeros((length - used,), dt))
+            out[dt] = jnp.concatenate(parts[dt])
+        return out
+
+    def unpack(self, buffers: Mapping[str, jax.Array]) -> Any:
+        leaves = [
+            buffers[dt][offset : offset + math.prod(shape)].reshape(shape)
+            for dt, offset, shape, _ in self.entries
+        ]
+        return self.treedef.unflatten(leaves)
+
+
+def _mirrors_params(names: frozenset) -> Callable[[Any], bool]:
+    """Whether a subtree of the optimizer state is shaped like the params (mu, nu, ...)."""
+    return lambda x: isinstance(x, Mapping) and frozenset(x) == names
+
+
+def _stage_state(state: TrainState, names: Sequence[str]) -> dict[str, Any]:
+    """A stage's slice of the state: its variables, optimizer state and step."""
+    mirrors = _mirrors_params(frozenset(state.params))
+    keep = [n for n in names if n in state.params]
+    opt_state = jax.tree.map(
+        lambda sub: {n: sub[n] for n in keep} if mirrors(sub) else sub,
+        state.opt_state,
+        is_leaf=mirrors,
+    )
+
+    def take(tree):
+        return {n: tree[n] for n in names if tree and n in tree}
+
+    return {
+        "params": take(state.params),
+        "batch_stats": take(state.batch_stats),
+        "constants": take(state.constants),
+        "opt_state": opt_state,
+        "step": state.step,
+    }
+
+
+# -- the pipeline -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """A compiled-on-demand pipeline of one network over a `('stage', 'data')` mesh.
+
+    Built by `make_pipeline`; holds the stages and the jitted programs.
+
+    Attributes:
+      mesh: the `('stage', 'data')` mesh.
+      plans: one `StagePlan` per stage.
+      cuts: the first block index of stages 1..S−1.
+      stage_flops: counted FLOPs of each stage's update for one batch (`block_flops`).
+      lengths: `{dtype name: L}`, the padded length of each state buffer per stage.
+      stage_sizes: per stage, `{dtype name: elements used}` (the rest is padding).
+      act_width: A, elements per example of the padded activation sent between stages.
+      cut_widths: elements per example of each cut's own activation (S − 1 widths, A
+        the largest), for the bytes the padding adds.
+      act_dtype: dtype of that activation.
+      label_dtype: dtype of the labels sent with it.
+      metric_keys: the metric names, as the fused step's `step_metrics` names them.
+      pack: jitted `TrainState` (replicated) -> `{dtype: [S, L]}` sharded over `stage`.
+      unpack: jitted inverse, -> `TrainState` replicated over `state_mesh`.
+      stage_fns: per stage, the un-jitted work of one tick `(buffers {dtype: [L]},
+        activation [B, A], labels [B], valid, images, all labels, idx [B]) ->
+        (buffers, output [B, A], labels, metrics)` (for timing a stage alone).
+      tick: jitted `(buffers, carry, images, labels, idx [T, B], feed [T] bool) ->
+        (buffers, carry, metrics)` with `metrics` `{key: [T, S]}` (float32 sums of the
+        batch each stage held, plus int32 `step` and bool `valid`); buffers and carry
+        donated.
+
+    Raises:
+      Nothing of its own.
+
+    Implements issue 16 items 1 and 2.
+    """
+
+    mesh: Mesh
+    plans: list[StagePlan]
+    cuts: tuple[int, ...]
+    stage_flops: list[float]
+    lengths: dict[str, int]
+    stage_sizes: list[dict[str, int]]
+    act_width: int
+    act_dtype: Any
+    label_dtype: Any
+    metric_keys: tuple[str, ...]
+    stage_fns: list[Callable]
+    pack: Callable
+    unpack: Callable
+    tick: Callable
+    cut_widths: tuple[int, ...] = ()
+
+    @property
+    def num_stages(self) -> int:
+        """S."""
+        return self.mesh.shape[STAGE]
+
+    @property
+    def data_size(self) -> int:
+        """D, the devices of one stage."""
+        return self.mesh.shape[DATA]
+
+    def batch_axis(self, batch_size: int) -> str | None:
+        """`'data'` when a batch of `batch_size` divides over D, else None (replicated,
+        as `sharding.put_batch` replicates an indivisible last batch)."""
+        return DATA if batch_size % self.data_size == 0 else None
+
+    def init_carry(self, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Empty in-flight state for batches of `batch_size`: `(activations [S, B, A],
+        labels [S, B], valid [S] bool)`, sharded over `stage` (and `data`)."""
+        s, axis = self.num_stages, self.batch_axis(batch_size)
+        batch = NamedSharding(self.mesh, PartitionSpec(STAGE, axis))
+        zeros = jax.jit(  # made on the devices (every process its own shards)
+            lambda: (
+                jnp.zeros((s, batch_size, self.act_width), self.act_dtype),
+                jnp.zeros((s, batch_size), self.label_dtype),
+                jnp.zeros((s,), bool),
+            ),
+            out_shardings=(batch, batch, NamedSharding(self.mesh, PartitionSpec(STAGE))),
+        )
+        return zeros()
+
+    def put_feed(self, idx: np.ndarray, feed: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        """Host `[T, B]` int32 example indices and `[T]` bool feed flags -> device arrays
+        (indices sharded over `data`, replicated over `stage`)."""
+        axis = self.batch_axis(idx.shape[1])
+        idx_sharding = NamedSharding(self.mesh, PartitionSpec(None, axis))
+        feed_sharding = NamedSharding(self.mesh, PartitionSpec())
+        idx = np.asarray(idx, np.int32)
+        feed = np.asarray(feed, bool)
+        return (
+            jax.make_array_from_callback(idx.shape, idx_sharding, lambda i: idx[i]),
+            jax.make_array_from_callback(feed.shape, feed_sharding, lambda i: feed[i]),
+        )
+
+    def padding_waste(self) -> float:
+        """The fraction of the state buffers (bytes, all stages) that is padding."""
+        total = sum(self.lengths[dt] * np.dtype(dt).itemsize for dt in self.lengths)
+        used = [
+            sum(sizes.get(dt, 0) * np.dtype(dt).itemsize for dt in self.lengths)
+            for sizes in self.stage_sizes
+        ]
+        return 1.0 - sum(used) / (self.num_stages * total) if total else 0.0
+
+    def state_bytes_per_device(self) -> int:
+        """Bytes of one device's share of the state buffers (one stage's, padded)."""
+        return sum(self.lengths[dt] * np.dtype(dt).itemsize for dt in self.lengths)
+
+
+def make_pipeline(
+    model: LocalNetwork,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    mesh: Mesh,
+    *,
+    sample: tuple[Any, Any],
+    batch_size: int,
+    cuts: Sequence[int] | None = None,
+    preprocess: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    output_weight: float | None = None,
+    seed: int = 0,
+    conv_wgrad: str | None = None,
+    state_mesh: Mesh | None = None,
+) -> Pipeline:
+    """Cuts `model` into `mesh.shape['stage']` stages and builds the pipelined programs.
+
+    The update of every block equals that of `make_train_step(model, tx,
+    preprocess=preprocess, output_weight=output_weight, seed=seed)` for the same batch
+    sequence (same dropout and augmentation keys, same learning rate per update); see the
+    module docstring for the schedule.
+
+    Args:
+      model: a `LocalNetwork` with `detach=True`.
+      tx: the optimizer; every stage runs it on its own parameters (element-wise, so
+        this equals one optimizer over all of them).
+      state: a `TrainState` of `model` and `tx` (arrays or `ShapeDtypeStruct`s): the
+        layout of the state the pipeline packs and unpacks.
+      mesh: a `('stage', 'data')` mesh (`make_pipeline_mesh`).
+      sample: `(images, labels)`, arrays (or `ShapeDtypeStruct`s) of the datasets'
+        per-example shapes and dtypes with any leading size (e.g. the first 2 examples).
+      batch_size: B, for the FLOP count that balances the stages (sim heads grow as B²)
+        and the data-axis check.
+      cuts: the first block index of stages 1..S−1; None balances them by counted FLOPs
+        (`stages.block_flops`, `stages.balance_cuts`).
+      preprocess, output_weight, seed: as in `make_train_step`.
+      conv_wgrad: trace the tick inside `conv_wgrad_context(conv_wgrad)` (as the loop
+        traces the fused step); None: XLA's convolutions.
+      state_mesh: the mesh `unpack` replicates the state over (default `mesh`); the
+        loop passes its data mesh, of the same devices, so evaluation is unchanged.
+
+    Returns:
+      A `Pipeline`.
+
+    Raises:
+      ConfigError: a network that cannot be pipelined (`check_pipelinable`), invalid cuts
+        (`stages.check_cuts`), or a batch_size that does not divide over the data axis.
+
+    Implements issue 16 items 1, 2 and 4.
+    """
+    num_stages = mesh.shape[STAGE]
+    check_pipelinable(model, num_stages)
+    check_batch_divisible(batch_size, mesh)
+    weight = output_loss_weight(model) if output_weight is None else output_weight
+    base_key = jax.random.key(seed)
+    out_name = model.output_name()
+    n_blocks = num_blocks(model)
+    state_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    images_spec = jax.ShapeDtypeStruct((batch_size, *sample[0].shape[1:]), sample[0].dtype)
+    labels_spec = jax.ShapeDtypeStruct((batch_size,), sample[1].dtype)
+
+    def network_input(images, key):
+        x = preprocess(images, key) if preprocess is not None else images
+        return x.astype(model.dtype)  # as LocalNetwork.sweep casts its input
+
+    x_spec = jax.eval_shape(network_input, images_spec, jax.random.key(0))
+    costs, out_cost = block_flops(model, state_shapes, x_spec, labels_spec)
+    cuts = (
+        balance_cuts(costs, num_stages, out_cost)
+        if cuts is None
+        else check_cuts(cuts, n_blocks, num_stages)
+    )
+    plans = plan_stages(model, cuts)
+    stage_flops = [
+        sum(costs[i] for i in p.block_indices) + (out_cost if p.has_output else 0.0) for p in plans
+    ]
+    names = [p.block_names + ((out_name,) if p.has_output else ()) for p in plans]
+    templates = [jax.eval_shape(lambda s, n=n: _stage_state(s, n), state_shapes) for n in names]
+    layouts = [_Layout(t) for t in templates]
+    dtypes = sorted({dt for lay in layouts for dt in lay.sizes})
+    lengths = {dt: max(lay.sizes.get(dt, 0) for lay in layouts) for dt in dtypes}
+
+    # -- one stage's work on one batch ------------------------------------------------
+
+    def stage_compute(plan: StagePlan, st: dict, x: jax.Array, y: jax.Array):
+        """The fused step's per-block work (steps.make_train_step) for this stage's
+        blocks: returns (new stage state, stage output, metrics)."""
+        _, dropout_key = _step_keys(base_key, st["step"])
+        grads: dict[str, Any] = {}
+        new_stats: dict[str, Any] = {}
+
+        def run_block(name, block, h_in):
+            def block_loss(p):
+                variables = {"params": p}
+                for col in ("batch_stats", "constants"):
+                    if st[col] and name in st[col]:
+                        variables[col] = st[col][name]
+                (out, terms), updates = block.apply(
+                    variables,
+                    h_in,
+                    y,
+                    train=True,
+                    rngs={"dropout": LazyRng.create(dropout_key, name)},
+                    mutable=["batch_stats"],
+                )
+                loss = jnp.zeros((), jnp.float32) if terms is None else terms["loss"]
+                return loss, (out, terms, updates)
+
+            (_, (out, terms, updates)), g = jax.value_and_grad(block_loss, has_aux=True)(
+                st["params"][name]
+            )
+            out, grads[name] = jax.lax.optimization_barrier((out, g))
+            if "batch_stats" in updates:
+                new_stats[name] = updates["batch_stats"]
+            return out, terms
+
+        h, local = _run_layers(plan.layers, x, run_block, True)
+        full_local: list[Any] = [None] * n_blocks
+        for i, terms in zip(plan.block_indices, local, strict=True):
+            full_local[i] = terms
+        n = y.shape[0]
+        if plan.has_output:
+            h_in = cut(h)
+
+            def output_loss(p):
+                logits = model.output.apply({"params": p}, h_in)
+                out_loss = losses.pred_loss(logits, y)
+                return weight * out_loss, (logits, out_loss)
+
+            (_, (logits, out_loss)), grads[out_name] = jax.value_and_grad(
+                output_loss, has_aux=True
+            )(st["params"][out_name])
+            total = total_loss(out_loss, local, weight)
+            metrics = step_metrics(logits, full_local, y, out_loss, total)
+        else:
+            # this stage's share of the objective and its blocks' metrics, named as the
+            # fused step names them (the dummy logits' entries are dropped)
+            total = total_loss(jnp.zeros((), jnp.float32), local, weight)
+            metrics = step_metrics(jnp.zeros((n, 1)), full_local, y, jnp.zeros(()), total)
+            metrics = {k: v for k, v in metrics.items() if k not in ("count", "loss", "correct")}
+        updates, opt_state = tx.update(grads, st["opt_state"], st["params"])
+        stats = {k: new_stats.get(k, v) for k, v in st["batch_stats"].items()}
+        new_st = {
+            **st,
+            "params": optax.apply_updates(st["params"], updates),
+            "batch_stats": stats,
+            "opt_state": opt_state,
+            "step": st["step"] + 1,
+        }
+        return new_st, h, metrics
+
+    def stage_input(plan, st, act, carried, images, all_labels, idx, in_spec):
+        if plan.index == 0:
+            aug_key, _ = _step_keys(base_key, st["step"])
+            return network_input(images[idx], aug_key), all_labels[idx]
+        return _from_flat(act, in_spec), carried
+
+    # -- shapes of what crosses each cut, and the metric names -------------------------
+
+    probe_in = x_spec
+    cut_specs, probe_keys = [], set()
+    for plan, template in zip(plans, templates, strict=True):
+        cut_specs.append(probe_in)
+
+        def probe(st, x, y, plan=plan):
+            _, h, metrics = stage_compute(plan, st, x, y)
+            return h, metrics
+
+        h_spec, m_spec = jax.eval_shape(probe, template, probe_in, labels_spec)
+        probe_keys |= set(m_spec)
+        probe_in = h_spec
+    metric_keys = tuple(sorted(probe_keys))
+    sent = [leaf for spec in cut_specs[1:] for leaf in jax.tree.leaves(spec)]
+    act_width = max((_flat_width(spec) for spec in cut_specs[1:]), default=1)
+    act_dtype = jnp.result_type(*(s.dtype for s in sent)) if sent else jnp.float32
+
+    def make_branch(plan: StagePlan, layout: _Layout, in_spec):
+        def branch(buffers, act, carried, valid, images, all_labels, idx):
+            st = layout.unpack(buffers)
+            x, y = stage_input(plan, st, act, carried, images, all_labels, idx, in_spec)
+            new_st, h, metrics = stage_compute(plan, st, x, y)
+            # an invalid tick keeps the old state: selected leaf by leaf, inside the one
+            # concatenation that packs the buffer (a select over the packed buffer cost
+            # a second full-size temporary and pass per tick)
+            kept = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_st, st)
+            new_buffers = layout.pack(kept, lengths)
+            out = jnp.zeros_like(act) if plan.has_output else _to_flat(h, act_width, act_dtype)
+            zero = jnp.zeros((), jnp.float32)
+            metrics = {
+                k: jnp.where(valid, metrics.get(k, zero), zero).astype(jnp.float32)
+                for k in metric_keys
+            }
+            metrics["step"] = st["step"]
+            return new_buffers, out, y.astype(carried.dtype), metrics
+
+        return branch
+
+    branches = [
+        make_branch(p, lay, spec) for p, lay, spec in zip(plans, layouts, cut_specs, strict=True)
+    ]
+    perm = [(i, i + 1) for i in range(num_stages - 1)]
+
+    def body(buffers, act, carried, valid, images, all_labels, idx, feed):
+        k = jax.lax.axis_index(STAGE)
+
+        def one_tick(carry, inputs):
+            buffers, act, carried, valid = carry
+            idx_t, feed_t = inputs
+            v = jnp.where(k == 0, feed_t, valid[0])
+            new_buffers, out, y, metrics = jax.lax.switch(
+                k,
+                branches,
+                {dt: b[0] for dt, b in buffers.items()},
+                act[0],
+                carried[0],
+                v,
+                images,
+                all_labels,
+                idx_t,
+            )
+            metrics["valid"] = v
+            if perm:
+                out, y, v = jax.lax.ppermute((out, y, v), STAGE, perm)
+            carry = ({dt: b[None] for dt, b in new_buffers.items()}, out[None], y[None], v[None])
+            return carry, {key: m[None] for key, m in metrics.items()}
+
+        with conv_wgrad_context(conv_wgrad) if conv_wgrad else contextlib.nullcontext():
+            if idx.shape[0] == 1:  # one tick: no loop (compiles faster)
+                (buffers, act, carried, valid), metrics = one_tick(
+                    (buffers, act, carried, valid), (idx[0], feed[0])
+                )
+                metrics = {key: m[None] for key, m in metrics.items()}
+            else:
+                (buffers, act, carried, valid), metrics = jax.lax.scan(
+                    one_tick, (buffers, act, carried, valid), (idx, feed)
+                )
+        return buffers, (act, carried, valid), metrics
+
+    stage = PartitionSpec(STAGE)
+    # manual over `stage`; `data` is left to the partitioner (global-batch BatchNorm and
+    # similarity matrices, as in the data-parallel step)
+    mapped = jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(
+            stage,
+            stage,
+            stage,
+            stage,
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+        ),
+        out_specs=(stage, (stage, stage, stage), PartitionSpec(None, STAGE)),
+        axis_names={STAGE},
+        check_vma=False,
+    )
+
+    def tick(buffers, carry, images, all_labels, idx, feed):
+        return mapped(buffers, *carry, images, all_labels, idx, feed)
+
+    buffer_sharding = {dt: NamedSharding(mesh, PartitionSpec(STAGE, None)) for dt in lengths}
+
+    def pack(state):
+        per_stage = [
+            lay.pack(_stage_state(state, n), lengths) for lay, n in zip(layouts, names, strict=True)
+        ]
+        return {dt: jnp.stack([p[dt] for p in per_stage]) for dt in lengths}
+
+    def unpack(buffers):
+        trees = [
+            lay.unpack({dt: b[s] for dt, b in buffers.items()}) for s, lay in enumerate(layouts)
+        ]
+        mirrors = _mirrors_params(frozenset(state_shapes.params))
+
+        def merged(col):
+            return {k: v for t in trees for k, v in t[col].items()}
+
+        opt_state = jax.tree.map(
+            lambda t, *subs: {k: v for s in subs for k, v in s.items()} if mirrors(t) else subs[0],
+            state_shapes.opt_state,
+            *[t["opt_state"] for t in trees],
+            is_leaf=mirrors,
+        )
+        return TrainState(
+            step=trees[0]["step"],
+            params=merged("params"),
+            batch_stats=merged("batch_stats")
+            if state_shapes.batch_stats
+            else state_shapes.batch_stats,
+            constants=merged("constants") if state_shapes.constants else state_shapes.constants,
+            opt_state=opt_state,
+        )
+
+    replicated = NamedSharding(state_mesh or mesh, PartitionSpec())
+    return Pipeline(
+        mesh=mesh,
+        plans=plans,
+        cuts=tuple(cuts),
+        stage_flops=stage_flops,
+        lengths=lengths,
+        stage_sizes=[dict(lay.sizes) for lay in layouts],
+        act_width=act_width,
+        act_dtype=act_dtype,
+        label_dtype=labels_spec.dtype,
+        metric_keys=metric_keys,
+        stage_fns=branches,
+        pack=jax.jit(pack, out_shardings=buffer_sharding),
+        unpack=jax.jit(unpack, out_shardings=replicated),
+        tick=jax.jit(tick, donate_argnums=(0, 1)),
+        cut_widths=tuple(_flat_width(spec) for spec in cut_specs[1:]),
+    )
+
+
+# -- metrics and the epoch ------------------------------------------------------------
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """An array as uint32 words of the same shape (4-byte types bitcast, bool 0/1)."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+
+
+@functools.lru_cache(maxsize=64)
+def _replicator(signature: tuple, mesh: Mesh) -> Callable:
+    """A jitted `[leaves] -> [stacked words per shape, other leaves]`, replicated over
+    `mesh`: leaves of one shape travel as one stacked array, so one collective each."""
+    groups: dict[tuple, list[int]] = {}
+    others = []
+    for i, (shape, dtype) in enumerate(signature):
+        if np.dtype(dtype).itemsize == 4 or np.dtype(dtype) == np.bool_:
+            groups.setdefault(shape, []).append(i)
+        else:
+            others.append(i)
+
+    def gather(leaves):
+        stacked = [jnp.stack([_words(leaves[i]) for i in idx]) for idx in groups.values()]
+        return stacked, [leaves[i] for i in others]
+
+    fn = jax.jit(gather, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return lambda leaves: (fn(leaves), list(groups.values()), others)
+
+
+def to_host(tree: Any, mesh: Mesh) -> Any:
+    """A pytree of arrays on `mesh` (e.g. stage-sharded tick metrics) as host NumPy
+    arrays, the whole of each array on every process.
+
+    One process: `jax.device_get`. Several (each holds only its stages' shards): one
+    program replicates the tree over the mesh, the leaves of one shape stacked as 32-bit
+    words so that each shape costs one collective (a window of tick metrics: one), and
+    each process reads its own copy. (`multihost_utils.process_allgather` refuses
+    non-fully-addressable arrays unless `tiled=True`, and then runs one program and one
+    collective per leaf: 200 ms for 4 ticks' metrics on a loaded 2-core machine.)
+
+    Args:
+      tree: a pytree of `jax.Array`s on `mesh`'s devices.
+      mesh: their mesh.
+
+    Returns:
+      The same pytree of NumPy arrays (global shapes, dtypes kept).
+
+    Raises:
+      Nothing of its own.
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    signature = tuple((tuple(x.shape), np.dtype(x.dtype).name) for x in leaves)
+    (stacked, others), groups, other_idx = _replicator(signature, mesh)(leaves)
+    out: list[Any] = [None] * len(leaves)
+    for words, idx in zip(stacked, groups, strict=True):
+        host = np.asarray(words.addressable_data(0))
+        for j, i in enumerate(idx):
+            dtype = np.dtype(signature[i][1])
+            out[i] = host[j].astype(bool) if dtype == np.bool_ else host[j].view(dtype)
+    for x, i in zip(others, other_idx, strict=True):
+        out[i] = np.asarray(x.addressable_data(0))
+    return jax.tree.unflatten(treedef, out)
+
+
+class SkewedMetrics:
+    """Re-assembles per-batch metrics from per-tick, per-stage ones.
+
+    At tick t stage s reports its share of the metrics of the batch it held (its `step`
+    number); a batch is complete once all S stages reported it (the last stage does so
+    last). Its metrics are then the sum of the S shares: the fused step's `step_metrics`
+    dict for that batch (the `objective` summed from per-stage parts).
+
+    Usage: `for step, metrics in skewed.add(jax.device_get(tick_metrics)): ...`
+    """
+
+    def __init__(self, num_stages: int):
+        self.num_stages = num_stages
+        self.pending: dict[int, tuple[dict[str, float], int]] = {}
+
+    def add(self, metrics: Mapping[str, np.ndarray]) -> list[tuple[int, dict[str, float]]]:
+        """Adds one call's host metrics (`{key: [T, S]}`, with `step` and `valid`).
+
+        Returns:
+          `(update number, metrics)` of the batches completed, in order; the update
+          number counts from 1 like the loop's step count, metrics are Python floats.
+        """
+        valid = np.asarray(metrics["valid"])
+        steps = np.asarray(metrics["step"])
+        keys = [k for k in metrics if k not in ("valid", "step")]
+        done = []
+        for t, s in zip(*np.nonzero(valid), strict=True):
+            step = int(steps[t, s])
+            sums, seen = self.pending.get(step, ({}, 0))
+            for k in keys:
+                sums[k] = sums.get(k, 0.0) + float(metrics[k][t, s])
+            seen += 1
+            if seen == self.num_stages:
+                self.pending.pop(step, None)
+                done.append((step + 1, sums))
+            else:
+                self.pending[step] = (sums, seen)
+        return sorted(done, key=lambda item: item[0])
+
+
+def run_epoch(
+    pipe: Pipeline,
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    batches: Sequence[np.ndarray],
+    *,
+    sync_every: int = 16,
+    ticks_per_call: int = 1,
+    check: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    free_state: bool = False,
+) -> tuple[TrainState, dict[str, float], int]:
+    """One epoch, pipelined: pack, fill, train, drain, unpack.
+
+    The batches go in order, one per tick; after the last full batch the pipeline
+    drains (S − 1 ticks without input), then a last smaller batch, if any, passes
+    through alone. Every `sync_every` calls the queued metrics are fetched,
+    re-assembled per batch (`SkewedMetrics`) and checked, which also bounds the queue of
+    dispatched programs.
+
+    Args:
+      pipe: from `make_pipeline`.
+      state: the replicated `TrainState` at the epoch's start (not modified).
+      images, labels: the on-device training set (`[N, H, W, C]`, `[N]`), replicated.
+      batches: the epoch's example indices, `[B]` int arrays (the last may be smaller).
+      sync_every: calls between fetches of the metrics.
+      ticks_per_call: T, ticks per dispatched program (1 as the loop dispatches steps).
+      check: `check(update number, metrics)` per batch, in order (e.g. the non-finite
+        check); its exceptions propagate.
+      progress: called with the number of batches completed so far.
+      free_state: delete `state`'s arrays once packed, so that during the epoch each
+        device holds only its stage's state (the loop does; `state` is then unusable).
+
+    Returns:
+      `(state, totals, updates)`: the replicated `TrainState` after every batch (the
+      state `pipe.unpack` builds), the epoch's metric sums (Python floats, as the fused
+      loop sums them) and the number of updates (batches).
+
+    Raises:
+      Whatever `check` raises (e.g. TrainingError).
+
+    Implements issue 16 item 2 (fill at the start, drain at the end of each epoch, the
+    in-flight activations carried across calls).
+    """
+    buffers = pipe.pack(state)
+    if free_state:
+        jax.block_until_ready(buffers)
+        for leaf in jax.tree.leaves(state):
+            leaf.delete()
+    skewed, totals, window, completed = SkewedMetrics(pipe.num_stages), {}, [], 0
+
+    def fetch():
+        nonlocal completed
+        # one process holds every stage's metrics; several gather them (a host copy)
+        fetched = to_host(window, pipe.mesh)
+        for metrics in fetched:
+            for step, batch_metrics in skewed.add(metrics):
+                if check is not None:
+                    check(step, batch_metrics)
+                for k, v in batch_metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                completed += 1
+        window.clear()
+        if progress is not None:
+            progress(completed)
+
+    groups: list[list[np.ndarray]] = []
+    for idx in batches:
+        if groups and len(groups[-1][0]) == len(idx):
+            groups[-1].append(np.asarray(idx))
+        else:
+            groups.append([np.asarray(idx)])
+    for group in groups:
+        size = len(group[0])
+        carry = pipe.init_carry(size)
+        n_ticks = len(group) + pipe.num_stages - 1
+        for start in range(0, n_ticks, ticks_per_call):
+            ticks = range(start, start + ticks_per_call)
+            idx = np.stack([group[t] if t < len(group) else group[0] for t in ticks])
+            feed = np.array([t < len(group) for t in ticks])
+            buffers, carry, metrics = pipe.tick(
+                buffers, carry, images, labels, *pipe.put_feed(idx, feed)
+            )
+            window.append(metrics)
+            if len(window) >= sync_every:
+                fetch()
+    fetch()
+    return pipe.unpack(buffers), totals, len(batches)
