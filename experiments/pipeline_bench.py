@@ -2,9 +2,10 @@ r"""The pipeline measured (issue 16 item 6; docs/pipeline.md, Measurements).
 
 Usage::
 
-    # the full measurement (a quiet machine with >= 2 free cores)
-    python -m experiments.pipeline_bench --out=runs/pipeline_bench.json
-    # every path at small sizes (MLP width 128, VGG/ResNet at 1/16 width): a few minutes
+    # the full measurement (a quiet machine with >= 2 free cores): about 12 minutes
+    python -m experiments.pipeline_bench --out=runs/pipeline_bench.json \
+        --workdir=runs/pipeline_bench
+    # every path at small sizes (MLP width 128, VGG/ResNet at 1/16 width): about 5 minutes
     python -m experiments.pipeline_bench --small --out=/tmp/pipeline_bench_small.json
     # one part
     python -m experiments.pipeline_bench --parts=bytes
@@ -20,7 +21,10 @@ one after another, so that nothing else of this benchmark runs beside the one ti
       collectives, jax's default), running the pipelined step over 2 stages;
     * `fused`: one process pinned to one core running the fused step;
     * `dp`: two pinned processes, the fused step data parallel (the batch split over the
-      two processes).
+      two processes);
+    * `fused_pair`: two independent `fused` runs at once, one per core: the machine's own
+      ceiling for two processes (shared memory bandwidth and caches, or vCPUs that are
+      one physical core's hyperthreads, keep it below 2x).
   Each first trains `--check_batches` batches from the same initial state and keeps
   every batch's metrics (the pipeline through `pipeline.run_epoch`, its metrics gathered
   from the stages with `process_allgather`); then it runs `--warmup_windows` untimed and
@@ -821,10 +825,18 @@ def _forwarded() -> list[str]:
 
 
 def _launch(
-    workdir: str, job: str, net: str, nprocs: int, pinned: bool, fake_devices: int = 1
+    workdir: str,
+    job: str,
+    net: str,
+    nprocs: int,
+    pinned: bool,
+    fake_devices: int = 1,
+    independent: bool = False,
+    tag: str = "",
 ) -> list[dict]:
-    """Runs `--job` in `nprocs` worker processes (each pinned to its core when `pinned`);
-    returns their results (process order). Raises RuntimeError on a failure (the
+    """Runs `--job` in `nprocs` worker processes (each pinned to its core when `pinned`),
+    joined by `jax.distributed` unless `independent` (then each runs alone, all at
+    once); returns their results (process order). Raises RuntimeError on a failure (the
     workers' logs are in `workdir`)."""
     address = f"127.0.0.1:{_free_port()}"
     flags_text = (
@@ -841,7 +853,7 @@ def _launch(
     if FLAGS.malloc_env:
         env |= MALLOC_ENV
     procs, logs, paths = [], [], []
-    tag = f"{job}_{net}" if net else job
+    tag = tag or (f"{job}_{net}" if net else job)
     for pid in range(nprocs):
         path = os.path.join(workdir, f"{tag}_{pid}.json")
         log_path = os.path.join(workdir, f"{tag}_{pid}.log")
@@ -854,7 +866,7 @@ def _launch(
             f"--job={job}",
             f"--net={net}",
             f"--process_id={pid}",
-            f"--num_processes={nprocs}",
+            f"--num_processes={1 if independent else nprocs}",
             f"--coordinator={address}",
             f"--result={path}",
             *_forwarded(),
@@ -920,6 +932,10 @@ def _concurrency(workdir: str) -> dict[str, Any]:
     for net in FLAGS.nets:
         print(f"[concurrency] {net}: fused (1 process), pipeline and dp (2 processes)", flush=True)
         fused = _launch(workdir, "fused", net, 1, FLAGS.pin)[0]
+        # the machine's own ceiling: two independent fused runs at once, one per core
+        pair = _launch(
+            workdir, "fused", net, 2, FLAGS.pin, independent=True, tag=f"fused_pair_{net}"
+        )
         pipe = _launch(workdir, "pipeline", net, 2, FLAGS.pin)
         dp = _launch(workdir, "dp", net, 2, FLAGS.pin)
         base = fused["examples_per_s"]
@@ -950,7 +966,10 @@ def _concurrency(workdir: str) -> dict[str, Any]:
             "ratio_to_fused": {
                 "pipeline": p0["examples_per_s"] / base,
                 "dp": dp[0]["examples_per_s"] / base,
+                # two independent fused runs at once: what 2 cores give here at most
+                "two_independent": sum(r["examples_per_s"] for r in pair) / base,
             },
+            "fused_pair": pair,
             "flop_bound": bound,
             "target": GOALS.get(net, ("flop bound", bound)),
             "metrics_pipeline_vs_fused": _max_rel_diff(p0["history"], fused["history"]),
@@ -967,6 +986,7 @@ def _concurrency(workdir: str) -> dict[str, Any]:
                 "fused": [fused["load_before"], fused["load_after"]],
                 "pipeline": [p0["load_before"], p0["load_after"]],
                 "dp": [dp[0]["load_before"], dp[0]["load_after"]],
+                "fused_pair": [pair[0]["load_before"], pair[0]["load_after"]],
             },
         }
         out[net] = entry
@@ -982,6 +1002,8 @@ def _print_concurrency(net: str, e: dict) -> None:
         f"  {net}: fused 1 core {eps['fused_1_core']:.0f} ex/s | pipeline 2 proc "
         f"{eps['pipeline_2_processes']:.0f} ex/s ({ratio['pipeline']:.2f}x; {kind} "
         f"{target:.2f}x) | dp 2 proc {eps['dp_2_processes']:.0f} ex/s ({ratio['dp']:.2f}x)\n"
+        f"  machine ceiling: two independent fused runs at once give "
+        f"{ratio['two_independent']:.2f}x one run alone\n"
         f"  metrics over {e['metrics_pipeline_vs_fused']['batches']} batches: pipeline vs "
         f"fused max rel {e['metrics_pipeline_vs_fused']['max_rel_diff']:.1e}, dp vs fused "
         f"{e['metrics_dp_vs_fused']['max_rel_diff']:.1e}; parameters (sum |p| per module) "
