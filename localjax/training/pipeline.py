@@ -56,7 +56,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.core.scope import LazyRng
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from localjax import losses
@@ -75,7 +74,7 @@ from localjax.training.stages import (
     plan_stages,
 )
 from localjax.training.state import TrainState
-from localjax.training.steps import _step_keys
+from localjax.training.steps import _step_keys, block_value_and_grad
 
 __all__ = [
     "STAGE",
@@ -494,28 +493,12 @@ def make_pipeline(
         new_stats: dict[str, Any] = {}
 
         def run_block(name, block, h_in):
-            def block_loss(p):
-                variables = {"params": p}
-                for col in ("batch_stats", "constants"):
-                    if st[col] and name in st[col]:
-                        variables[col] = st[col][name]
-                (out, terms), updates = block.apply(
-                    variables,
-                    h_in,
-                    y,
-                    train=True,
-                    rngs={"dropout": LazyRng.create(dropout_key, name)},
-                    mutable=["batch_stats"],
-                )
-                loss = jnp.zeros((), jnp.float32) if terms is None else terms["loss"]
-                return loss, (out, terms, updates)
-
-            (_, (out, terms, updates)), g = jax.value_and_grad(block_loss, has_aux=True)(
-                st["params"][name]
+            out, terms, g, stats = block_value_and_grad(
+                block, name, st["params"], st["batch_stats"], st["constants"], h_in, y, dropout_key
             )
             out, grads[name] = jax.lax.optimization_barrier((out, g))
-            if "batch_stats" in updates:
-                new_stats[name] = updates["batch_stats"]
+            if stats is not None:
+                new_stats[name] = stats
             return out, terms
 
         h, local = _run_layers(plan.layers, x, run_block, True)

@@ -35,6 +35,7 @@ from localjax.objective import step_metrics, total_loss
 from localjax.training.state import TrainState
 
 __all__ = [
+    "block_value_and_grad",
     "make_train_step",
     "make_reference_train_step",
     "make_multi_step",
@@ -56,6 +57,50 @@ def _step_keys(base_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Arr
     key = jax.random.fold_in(base_key, step)
     aug_key, dropout_key = jax.random.split(key)
     return aug_key, dropout_key
+
+
+def block_value_and_grad(
+    block, name: str, params, batch_stats, constants, h_in, labels, dropout_key
+):
+    """One block's forward pass and the gradient of its own local loss.
+
+    Args:
+      block: the block module (`LocalNetwork.named_layers()`).
+      name: its name in the state's collections.
+      params, batch_stats, constants: the state's collections keyed by block name (of a
+        `TrainState`, or of a pipeline stage); batch_stats/constants may be empty.
+      h_in: the block's (cut) input, [B, ...] float.
+      labels: [B] int class indices.
+      dropout_key: the step's dropout key; the block draws from
+        `LazyRng.create(dropout_key, name)`, so its masks depend on step and block only.
+
+    Returns:
+      `(out, terms, grads, batch_stats)`: the block's output, its local-loss terms (None
+      without a head), d(local loss)/d(params[name]), and its updated BatchNorm
+      statistics (None when it has none).
+
+    Implements the per-block gradient of the fused step (METHOD.md, Training).
+    """
+
+    def block_loss(p):
+        variables = {"params": p}
+        for col, tree in (("batch_stats", batch_stats), ("constants", constants)):
+            if tree and name in tree:
+                variables[col] = tree[name]
+        (out, terms), updates = block.apply(
+            variables,
+            h_in,
+            labels,
+            train=True,
+            rngs={"dropout": LazyRng.create(dropout_key, name)},
+            mutable=["batch_stats"],
+        )
+        # a block without a head (or labels) has no local loss: no gradient
+        loss = jnp.zeros((), jnp.float32) if terms is None else terms["loss"]
+        return loss, (out, terms, updates)
+
+    (_, (out, terms, updates)), g = jax.value_and_grad(block_loss, has_aux=True)(params[name])
+    return out, terms, g, updates.get("batch_stats")
 
 
 def make_reference_train_step(
@@ -168,34 +213,21 @@ def make_train_step(
         batch_stats: dict[str, Any] = {}
 
         def run_block(name, block, h_in):
-            def block_loss(p):
-                variables = {"params": p}
-                for col, tree in (
-                    ("batch_stats", state.batch_stats),
-                    ("constants", state.constants),
-                ):
-                    if tree and name in tree:
-                        variables[col] = tree[name]
-                (out, terms), updates = block.apply(
-                    variables,
-                    h_in,
-                    labels,
-                    train=True,
-                    rngs={"dropout": LazyRng.create(dropout_key, name)},
-                    mutable=["batch_stats"],
-                )
-                # a block without a head (or labels) has no local loss: no gradient
-                loss = jnp.zeros((), jnp.float32) if terms is None else terms["loss"]
-                return loss, (out, terms, updates)
-
-            (_, (out, terms, updates)), g = jax.value_and_grad(block_loss, has_aux=True)(
-                state.params[name]
+            out, terms, g, stats = block_value_and_grad(
+                block,
+                name,
+                state.params,
+                state.batch_stats,
+                state.constants,
+                h_in,
+                labels,
+                dropout_key,
             )
             # the block's gradient is done before the next block starts: its
             # activations are dead from here on
             out, grads[name] = jax.lax.optimization_barrier((out, g))
-            if "batch_stats" in updates:
-                batch_stats[name] = updates["batch_stats"]
+            if stats is not None:
+                batch_stats[name] = stats
             return out, terms
 
         def run_output(h_in):
