@@ -318,7 +318,7 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
         del state
         jax.block_until_ready(box["buffers"])
         out["pack_seconds"] = time.perf_counter() - t0
-        one = np.ones(1, bool)
+        one = np.ones((1, pipe.num_stages), bool)  # every stage holds a batch
 
         def window() -> float:
             pending = []
@@ -327,7 +327,7 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
                 idx, feed = pipe.put_feed(batches[box["i"] % len(batches)][None], one)
                 box["i"] += 1
                 box["buffers"], box["carry"], m = pipe.tick(
-                    box["buffers"], box["carry"], images, labels, idx, feed
+                    box["buffers"], box["carry"], images, labels, idx, feed, steady=True
                 )
                 pending.append(m)
             fetch(pending)
@@ -590,7 +590,6 @@ def _hlo_collectives(pipe, model, tx, state, c, shape, preprocess, devices, b):
     from localjax.ops.conv_wgrad import conv_wgrad_context
     from localjax.perf.pipeline_cost import collective_bytes_by_op
     from localjax.training import sharding
-    from localjax.training.pipeline import STAGE
     from localjax.training.steps import make_train_step
 
     n_images = 4 * b
@@ -601,18 +600,12 @@ def _hlo_collectives(pipe, model, tx, state, c, shape, preprocess, devices, b):
             shape_, dtype, sharding=NamedSharding(mesh, PartitionSpec(*axes))
         )
 
-    s, axis = pipe.num_stages, pipe.batch_axis(b)
-    buffers = {dt: sds((s, length), dt, pm, STAGE, None) for dt, length in pipe.lengths.items()}
-    carry = (
-        sds((s, b, pipe.act_width), pipe.act_dtype, pm, STAGE, axis),
-        sds((s, b), pipe.label_dtype, pm, STAGE, axis),
-        sds((s,), np.bool_, pm, STAGE),
-    )
+    buffers = pipe.buffer_shapes()
+    carry = pipe.carry_shape(b)
     images = sds((n_images, *shape), np.uint8, pm)
     labels = sds((n_images,), np.int32, pm)
-    idx = sds((1, b), np.int32, pm, None, axis)
-    feed = sds((1,), np.bool_, pm)
-    tick = pipe.tick.lower(buffers, carry, images, labels, idx, feed).compile()
+    idx, valid = pipe.feed_shapes(1, b)
+    tick = pipe.tick.lower(buffers, carry, images, labels, idx, valid).compile()
     pipeline_ops = collective_bytes_by_op(tick.as_text())
 
     mesh = Mesh(np.asarray(devices), (sharding.AXIS,))
@@ -752,29 +745,13 @@ def _model_job() -> dict[str, Any]:
                 compiles.append(comp)
             lowered_text = ""
             try:  # messages per tick (the tick's collective-permutes), from the lowering
-                from localjax.training.pipeline import STAGE
-
-                sh = jax.sharding.NamedSharding
-                ps = jax.sharding.PartitionSpec
-                bufs = {
-                    dt: jax.ShapeDtypeStruct((s, n), dt, sharding=sh(pmesh, ps(STAGE, None)))
-                    for dt, n in pipe.lengths.items()
-                }
-                carry = (
-                    jax.ShapeDtypeStruct(
-                        (s, b, pipe.act_width), pipe.act_dtype, sharding=sh(pmesh, ps(STAGE))
-                    ),
-                    jax.ShapeDtypeStruct((s, b), pipe.label_dtype, sharding=sh(pmesh, ps(STAGE))),
-                    jax.ShapeDtypeStruct((s,), np.bool_, sharding=sh(pmesh, ps(STAGE))),
-                )
-                rep = sh(pmesh, ps())
+                rep = jax.sharding.NamedSharding(pmesh, jax.sharding.PartitionSpec())
                 lowered_text = pipe.tick.lower(
-                    bufs,
-                    carry,
+                    pipe.buffer_shapes(),
+                    pipe.carry_shape(b),
                     jax.ShapeDtypeStruct(images.shape, np.uint8, sharding=rep),
                     jax.ShapeDtypeStruct(labels.shape, np.int32, sharding=rep),
-                    jax.ShapeDtypeStruct((1, b), np.int32, sharding=rep),
-                    jax.ShapeDtypeStruct((1,), np.bool_, sharding=rep),
+                    *pipe.feed_shapes(1, b),
                 ).as_text()
             except Exception as e:  # the count is a detail; keep the timings
                 print(f"  (could not lower the tick for its message count: {e})", flush=True)

@@ -57,8 +57,9 @@ def checked_step(
     """
 
     def guarded(state, images, labels):
-        check_labels(labels, num_classes, where="checked_step")  # traced: debug_check
-        return step(state, images, labels)
+        with losses.traced_label_checks():  # the blocks' check_labels become debug_checks
+            check_labels(labels, num_classes, where="checked_step")
+            return step(state, images, labels)
 
     jitted = jax.jit(checkify.checkify(guarded, errors=checkify.user_checks), **jit_kwargs)
 

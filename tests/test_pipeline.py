@@ -199,7 +199,7 @@ def test_only_collective_permutes_cross_stages_and_state_memory_is_per_stage(mlp
     images, labels = sharding.put_replicated(mlp_4x2["data"][:2], flat)
     state = sharding.put_replicated(mlp_4x2["state"], flat)
     buffers, carry = pipe.pack(state), pipe.init_carry(16)
-    feed = pipe.put_feed(np.zeros((1, 16), np.int32), np.ones(1, bool))
+    feed = pipe.put_feed(np.zeros((1, 16), np.int32), np.ones((1, 4), bool))
     compiled = pipe.tick.lower(buffers, carry, images, labels, *feed).compile()
     hlo = compiled.as_text()
     stage_of = {i: i // pipe.data_size for i in range(8)}  # partition id -> stage

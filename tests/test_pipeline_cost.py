@@ -43,7 +43,7 @@ def test_ring_allreduce_and_pipeline_bytes():
     )
     sent = pc.pipeline_send_bytes(pipe, batch_size=8)
     assert sent["cut_bytes"] == [3200, 1600]
-    assert sent["per_sender"] == (3200 + 32) / 2 + 1  # padded activation, labels, flag
+    assert sent["per_sender"] == (3200 + 32) / 2  # padded activation and labels, one message
     assert sent["per_device_mean"] == pytest.approx(sent["per_sender"] * 2 / 3)
     assert sent["padding_fraction"] == pytest.approx(0.25)
 

@@ -154,9 +154,9 @@ def ring_allreduce_bytes(nbytes: float, n: int) -> float:
 def pipeline_send_bytes(pipe: Any, batch_size: int) -> dict[str, Any]:
     """What crosses the cuts of a pipeline per step (= per tick in the steady state).
 
-    Every stage but the last sends one tick's output to the next stage: the activation
-    flattened per example and padded to the widest cut (`Pipeline.act_width`), the labels
-    and the valid flag, each device its 1/D of the batch.
+    Every stage but the last sends one tick's output to the next stage as one message
+    (`stage_layout.to_message`): the activation flattened per example and padded to the
+    widest cut (`Pipeline.act_width`) and the labels, each device its 1/D of the batch.
 
     Args:
       pipe: a `training.pipeline.Pipeline`.
@@ -166,7 +166,7 @@ def pipeline_send_bytes(pipe: Any, batch_size: int) -> dict[str, Any]:
       A dict: `cut_bytes` (per cut, the activation's own bytes for the whole batch,
       without padding), `padded_bytes` (the padded activation per cut, whole batch),
       `per_sender` (bytes one sending device sends per tick: its share of the padded
-      activation, labels and flag), `per_device_mean` (averaged over all S·D devices,
+      activation and labels), `per_device_mean` (averaged over all S·D devices,
       the last stage's sending nothing), `padding_fraction` (of the activation bytes
       sent).
 
@@ -179,7 +179,7 @@ def pipeline_send_bytes(pipe: Any, batch_size: int) -> dict[str, Any]:
     widths = list(getattr(pipe, "cut_widths", ()) or [pipe.act_width] * (s - 1))
     cut_bytes = [batch_size * w * item for w in widths]
     padded = batch_size * pipe.act_width * item
-    per_sender = (padded + batch_size * label) / d + 1 if s > 1 else 0.0
+    per_sender = (padded + batch_size * label) / d if s > 1 else 0.0
     sent_act = padded * (s - 1)
     return {
         "cut_bytes": cut_bytes,

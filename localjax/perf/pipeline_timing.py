@@ -226,9 +226,9 @@ def benchmark_pipeline(
     replicated = NamedSharding(flat, PartitionSpec())
     state, images, labels = jax.device_put((state, images, labels), replicated)
     buffers, carry = pipe.pack(state), pipe.init_carry(batch_size)
-    idx, feed = pipe.put_feed(rng.integers(0, n, (1, batch_size)), np.ones(1, bool))
+    idx, feed = pipe.put_feed(rng.integers(0, n, (1, batch_size)), np.ones((1, num_stages), bool))
     t0 = time.perf_counter()
-    tick = pipe.tick.lower(buffers, carry, images, labels, idx, feed).compile()
+    tick = pipe.tick.lower(buffers, carry, images, labels, idx, feed, steady=True).compile()
     compile_seconds = time.perf_counter() - t0
 
     box = {"buffers": buffers, "carry": carry}

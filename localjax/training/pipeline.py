@@ -17,18 +17,21 @@ the numbers of `make_train_step` (the fused step), skewed in time.
 
 Layout. The devices form a 2-D mesh `('stage', 'data')`. Each stage's slice of the
 `TrainState` (its blocks' parameters, BatchNorm statistics, fixed matrices, optimizer
-state and step count; the output layer's on the last stage) is packed, per dtype, into a
-flat vector padded to the longest stage's; the `[S, L]` buffers are sharded over `stage`
-and replicated over `data`, so a stage's state lives on its own devices only. The batch
+state and step count; the output layer's on the last stage) is laid out in slots
+(`stage_layout.StageLayout`: the k-th largest leaf of every stage shares slot k, padded
+to the largest); the `[S, L]` slot buffers are sharded over `stage` and replicated over
+`data`, so a stage's state lives on its own devices only. The batch
 is sharded over `data` within a stage; BatchNorm statistics and similarity matrices stay
 global over the batch, as in the data-parallel step.
 
 One tick (`Pipeline.tick`, inside `shard_map` over `stage`, `data` left to the
 partitioner): every stage unpacks its state, runs its blocks on the activation it
 received (stage 0: the augmented batch it was fed) with `lax.switch` on its stage index,
-takes each block's local gradient, updates its state, and sends the cut output, the
-labels and a valid flag to the next stage with `ppermute`. A stage that holds no batch
-(pipeline fill and drain) computes on zeros and keeps its state (`jnp.where`); its step
+takes each block's local gradient, updates its state, and sends the cut output with the
+labels, as one message of bytes, to the next stage with `ppermute`. Which stages hold a
+batch at a tick is known on the host (`Pipeline.schedule`) and fed in with the indices.
+A stage that holds no batch (pipeline fill and drain) computes on zeros and keeps its
+state (`jnp.where`, in a program compiled for those ticks only: `steady=False`); its step
 count, and with it the optimizer's count and learning-rate schedule, counts valid updates
 only. Dropout and augmentation draw from `fold_in(seed, step)` and the block's name, as
 the fused step does, so both draw the same masks.
@@ -39,8 +42,8 @@ resume see the same pytree as without a pipeline, and a resume with another stag
 simply packs it differently. A last, smaller batch goes through the pipeline on its own
 (its own compiled shape) after the full ones have drained.
 
-Letters: S stages, D data devices per stage, B batch, T ticks per call, L buffer length,
-A padded activation width (elements per example).
+Letters: S stages, D data devices per stage, B batch, T ticks per call, L slot length,
+A padded activation width (elements per example), W message width (bytes per example).
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +67,15 @@ from localjax.errors import ConfigError
 from localjax.network import LocalNetwork, _run_layers, cut, output_loss_weight
 from localjax.objective import step_metrics, total_loss
 from localjax.ops.conv_wgrad import conv_wgrad_context
+from localjax.training.stage_layout import (
+    StageLayout,
+    flat_width,
+    from_flat,
+    from_message,
+    message_width,
+    to_flat,
+    to_message,
+)
 from localjax.training.stages import (
     StagePlan,
     balance_cuts,
@@ -202,67 +213,6 @@ def describe(pipe: Pipeline) -> str:
     )
 
 
-# -- flat buffers ---------------------------------------------------------------------
-
-
-def _flat_width(spec: Any) -> int:
-    """Elements per example of an activation (an array or a pytree of `[B, ...]` ones)."""
-    return sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(spec))
-
-
-def _to_flat(h: Any, width: int, dtype: Any) -> jax.Array:
-    """An activation (array or pytree of `[B, ...]`) -> `[B, width]` of `dtype`, padded."""
-    leaves = jax.tree.leaves(h)
-    b = leaves[0].shape[0]
-    flat = jnp.concatenate([leaf.reshape(b, -1).astype(dtype) for leaf in leaves], axis=1)
-    return jnp.pad(flat, ((0, 0), (0, width - flat.shape[1])))
-
-
-def _from_flat(act: jax.Array, spec: Any) -> Any:
-    """Inverse of `_to_flat` for the structure, shapes and dtypes of `spec` (any B)."""
-    leaves, treedef = jax.tree.flatten(spec)
-    b, out, offset = act.shape[0], [], 0
-    for leaf in leaves:
-        size = math.prod(leaf.shape[1:])
-        part = act[:, offset : offset + size].reshape((b, *leaf.shape[1:]))
-        out.append(part.astype(leaf.dtype))
-        offset += size
-    return jax.tree.unflatten(treedef, out)
-
-
-class _Layout:
-    """Where each leaf of a pytree sits in per-dtype flat vectors."""
-
-    def __init__(self, template: Any):
-        leaves, self.treedef = jax.tree.flatten(template)
-        self.entries = []  # (dtype name, offset, shape, dtype)
-        self.sizes: dict[str, int] = {}
-        for leaf in leaves:
-            dt = np.dtype(leaf.dtype).name
-            offset = self.sizes.get(dt, 0)
-            self.entries.append((dt, offset, tuple(leaf.shape), leaf.dtype))
-            self.sizes[dt] = offset + math.prod(leaf.shape)
-
-    def pack(self, tree: Any, lengths: Mapping[str, int]) -> dict[str, jax.Array]:
-        leaves = self.treedef.flatten_up_to(tree)
-        parts: dict[str, list] = {dt: [] for dt in lengths}
-        for (dt, _, _, _), leaf in zip(self.entries, leaves, strict=True):
-            parts[dt].append(jnp.ravel(leaf))
-        out = {}
-        for dt, length in lengths.items():
-            used = self.sizes.get(dt, 0)
-            parts[dt].append(jnp.zeros((length - used,), dt))
-            out[dt] = jnp.concatenate(parts[dt])
-        return out
-
-    def unpack(self, buffers: Mapping[str, jax.Array]) -> Any:
-        leaves = [
-            buffers[dt][offset : offset + math.prod(shape)].reshape(shape)
-            for dt, offset, shape, _ in self.entries
-        ]
-        return self.treedef.unflatten(leaves)
-
-
 def _mirrors_params(names: frozenset) -> Callable[[Any], bool]:
     """Whether a subtree of the optimizer state is shaped like the params (mu, nu, ...)."""
     return lambda x: isinstance(x, Mapping) and frozenset(x) == names
@@ -304,23 +254,25 @@ class Pipeline:
       plans: one `StagePlan` per stage.
       cuts: the first block index of stages 1..S−1.
       stage_flops: counted FLOPs of each stage's update for one batch (`block_flops`).
-      lengths: `{dtype name: L}`, the padded length of each state buffer per stage.
-      stage_sizes: per stage, `{dtype name: elements used}` (the rest is padding).
+      layout: the `StageLayout` of the stages' state in the buffers.
+      lengths: `{slot: L}`, each state buffer's length per stage (`layout.lengths`).
       act_width: A, elements per example of the padded activation sent between stages.
       cut_widths: elements per example of each cut's own activation (S − 1 widths, A
         the largest), for the bytes the padding adds.
       act_dtype: dtype of that activation.
       label_dtype: dtype of the labels sent with it.
       metric_keys: the metric names, as the fused step's `step_metrics` names them.
-      pack: jitted `TrainState` (replicated) -> `{dtype: [S, L]}` sharded over `stage`.
+      pack: jitted `TrainState` (replicated) -> `{slot: [S, L]}` sharded over `stage`.
       unpack: jitted inverse, -> `TrainState` replicated over `state_mesh`.
-      stage_fns: per stage, the un-jitted work of one tick `(buffers {dtype: [L]},
+      stage_fns: per stage, the un-jitted work of one tick `(buffers {slot: [L]},
         activation [B, A], labels [B], valid, images, all labels, idx [B]) ->
         (buffers, output [B, A], labels, metrics)` (for timing a stage alone).
-      tick: jitted `(buffers, carry, images, labels, idx [T, B], feed [T] bool) ->
-        (buffers, carry, metrics)` with `metrics` `{key: [T, S]}` (float32 sums of the
-        batch each stage held, plus int32 `step` and bool `valid`); buffers and carry
-        donated.
+      tick: jitted `(buffers, carry, images, labels, idx [T, B], valid [T, S] bool,
+        steady=False) -> (buffers, carry, metrics)`, the arrays of `put_feed`, with
+        `metrics` `{key: [T, S]}` (float32 sums of the batch each stage held, plus int32
+        `step` and bool `valid`); the carry is donated, the state buffers are not (each
+        stage writes fresh ones). `steady=True` (static) compiles the program for ticks
+        in which every stage holds a batch (no keep-the-state select): only for those.
 
     Raises:
       Nothing of its own.
@@ -332,8 +284,8 @@ class Pipeline:
     plans: list[StagePlan]
     cuts: tuple[int, ...]
     stage_flops: list[float]
+    layout: StageLayout
     lengths: dict[str, int]
-    stage_sizes: list[dict[str, int]]
     act_width: int
     act_dtype: Any
     label_dtype: Any
@@ -359,46 +311,96 @@ class Pipeline:
         as `sharding.put_batch` replicates an indivisible last batch)."""
         return DATA if batch_size % self.data_size == 0 else None
 
-    def init_carry(self, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Empty in-flight state for batches of `batch_size`: `(activations [S, B, A],
-        labels [S, B], valid [S] bool)`, sharded over `stage` (and `data`)."""
-        s, axis = self.num_stages, self.batch_axis(batch_size)
-        batch = NamedSharding(self.mesh, PartitionSpec(STAGE, axis))
+    @property
+    def message_width(self) -> int:
+        """W, bytes per example of what a stage sends the next (activation and label)."""
+        return message_width(self.act_width, self.act_dtype, self.label_dtype)
+
+    def carry_shape(self, batch_size: int) -> jax.ShapeDtypeStruct:
+        """The in-flight messages' global shape, dtype and sharding: `[S, B, W]` uint8,
+        sharded over `stage` (and `data`)."""
+        sharding = NamedSharding(self.mesh, PartitionSpec(STAGE, self.batch_axis(batch_size)))
+        return jax.ShapeDtypeStruct(
+            (self.num_stages, batch_size, self.message_width), jnp.uint8, sharding=sharding
+        )
+
+    def init_carry(self, batch_size: int) -> jax.Array:
+        """Empty in-flight state for batches of `batch_size`: each stage's last received
+        message (`stage_layout.to_message`), `[S, B, W]` uint8 zeros (`carry_shape`)."""
+        spec = self.carry_shape(batch_size)
         zeros = jax.jit(  # made on the devices (every process its own shards)
-            lambda: (
-                jnp.zeros((s, batch_size, self.act_width), self.act_dtype),
-                jnp.zeros((s, batch_size), self.label_dtype),
-                jnp.zeros((s,), bool),
-            ),
-            out_shardings=(batch, batch, NamedSharding(self.mesh, PartitionSpec(STAGE))),
+            lambda: jnp.zeros(spec.shape, spec.dtype), out_shardings=spec.sharding
         )
         return zeros()
 
-    def put_feed(self, idx: np.ndarray, feed: np.ndarray) -> tuple[jax.Array, jax.Array]:
-        """Host `[T, B]` int32 example indices and `[T]` bool feed flags -> device arrays
-        (indices sharded over `data`, replicated over `stage`)."""
+    def schedule(self, ticks: Sequence[int], batches: int) -> np.ndarray:
+        """Which stages hold a batch at each tick: `[T, S]` bool.
+
+        Stage s holds batch t − s at tick t (ticks and batches counted from the start of
+        a run of `batches` equal-size batches), so it holds one iff 0 <= t − s < batches:
+        the pipeline fills for S − 1 ticks and drains for S − 1.
+        """
+        t = np.asarray(ticks)[:, None] - np.arange(self.num_stages)[None, :]
+        return (t >= 0) & (t < batches)
+
+    def put_feed(self, idx: np.ndarray, valid: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        """Host `[T, B]` int32 example indices (stage 0 gathers them) and `[T, S]` bool
+        valid flags (`schedule`) -> device arrays (indices sharded over `data` and
+        replicated over `stage`; each stage gets its column of the flags).
+
+        Raises:
+          ValueError: valid is not `[T, S]` for the T of `idx`.
+        """
+        idx = np.asarray(idx, np.int32)
+        valid = np.asarray(valid, bool)
+        if valid.shape != (idx.shape[0], self.num_stages):
+            raise ValueError(
+                f"valid must be [T, S] = {(idx.shape[0], self.num_stages)} (which stages "
+                f"hold a batch at each tick: Pipeline.schedule); got {valid.shape}."
+            )
         axis = self.batch_axis(idx.shape[1])
         idx_sharding = NamedSharding(self.mesh, PartitionSpec(None, axis))
-        feed_sharding = NamedSharding(self.mesh, PartitionSpec())
-        idx = np.asarray(idx, np.int32)
-        feed = np.asarray(feed, bool)
+        valid_sharding = NamedSharding(self.mesh, PartitionSpec(None, STAGE))
         return (
             jax.make_array_from_callback(idx.shape, idx_sharding, lambda i: idx[i]),
-            jax.make_array_from_callback(feed.shape, feed_sharding, lambda i: feed[i]),
+            jax.make_array_from_callback(valid.shape, valid_sharding, lambda i: valid[i]),
+        )
+
+    def feed_shapes(self, ticks: int, batch_size: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+        """The global shapes, dtypes and shardings of `put_feed`'s arrays, e.g. to lower
+        `tick` without data."""
+        axis = self.batch_axis(batch_size)
+        return (
+            jax.ShapeDtypeStruct(
+                (ticks, batch_size),
+                jnp.int32,
+                sharding=NamedSharding(self.mesh, PartitionSpec(None, axis)),
+            ),
+            jax.ShapeDtypeStruct(
+                (ticks, self.num_stages),
+                jnp.bool_,
+                sharding=NamedSharding(self.mesh, PartitionSpec(None, STAGE)),
+            ),
         )
 
     def padding_waste(self) -> float:
         """The fraction of the state buffers (bytes, all stages) that is padding."""
-        total = sum(self.lengths[dt] * np.dtype(dt).itemsize for dt in self.lengths)
-        used = [
-            sum(sizes.get(dt, 0) * np.dtype(dt).itemsize for dt in self.lengths)
-            for sizes in self.stage_sizes
-        ]
-        return 1.0 - sum(used) / (self.num_stages * total) if total else 0.0
+        return self.layout.padding_waste()
 
     def state_bytes_per_device(self) -> int:
         """Bytes of one device's share of the state buffers (one stage's, padded)."""
-        return sum(self.lengths[dt] * np.dtype(dt).itemsize for dt in self.lengths)
+        return self.layout.bytes_per_stage()
+
+    def buffer_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """The state buffers' global shapes, dtypes and shardings (`{slot: [S, L]}`),
+        e.g. to lower `tick` without the state."""
+        sharding = NamedSharding(self.mesh, PartitionSpec(STAGE, None))
+        return {
+            name: jax.ShapeDtypeStruct(
+                (self.num_stages, n), self.layout.dtypes[name], sharding=sharding
+            )
+            for name, n in self.lengths.items()
+        }
 
 
 def make_pipeline(
@@ -479,15 +481,15 @@ def make_pipeline(
     ]
     names = [p.block_names + ((out_name,) if p.has_output else ()) for p in plans]
     templates = [jax.eval_shape(lambda s, n=n: _stage_state(s, n), state_shapes) for n in names]
-    layouts = [_Layout(t) for t in templates]
-    dtypes = sorted({dt for lay in layouts for dt in lay.sizes})
-    lengths = {dt: max(lay.sizes.get(dt, 0) for lay in layouts) for dt in dtypes}
+    layout = StageLayout(templates)
 
     # -- one stage's work on one batch ------------------------------------------------
 
-    def stage_compute(plan: StagePlan, st: dict, x: jax.Array, y: jax.Array):
+    def stage_compute(plan: StagePlan, st: dict, x: jax.Array, y: jax.Array, valid: Any = True):
         """The fused step's per-block work (steps.make_train_step) for this stage's
-        blocks: returns (new stage state, stage output, metrics)."""
+        blocks: returns (new stage state, stage output, metrics). Where `valid` (a bool
+        scalar, or Python True: a steady tick) is False the state is kept (pipeline
+        fill and drain)."""
         _, dropout_key = _step_keys(base_key, st["step"])
         grads: dict[str, Any] = {}
         new_stats: dict[str, Any] = {}
@@ -525,6 +527,7 @@ def make_pipeline(
             total = total_loss(jnp.zeros((), jnp.float32), local, weight)
             metrics = step_metrics(jnp.zeros((n, 1)), full_local, y, jnp.zeros(()), total)
             metrics = {k: v for k, v in metrics.items() if k not in ("count", "loss", "correct")}
+
         updates, opt_state = tx.update(grads, st["opt_state"], st["params"])
         stats = {k: new_stats.get(k, v) for k, v in st["batch_stats"].items()}
         new_st = {
@@ -534,13 +537,19 @@ def make_pipeline(
             "opt_state": opt_state,
             "step": st["step"] + 1,
         }
+        if valid is not True:
+            # an invalid tick keeps the old state, selected leaf by leaf. Only the
+            # fill and drain ticks pay for this: the select made XLA recompute Adam's
+            # moments inside each output's fusion (15 passes over a parameter's memory
+            # where the fused step makes 10), so steady ticks are compiled without it
+            new_st = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_st, st)
         return new_st, h, metrics
 
     def stage_input(plan, st, act, carried, images, all_labels, idx, in_spec):
         if plan.index == 0:
             aug_key, _ = _step_keys(base_key, st["step"])
             return network_input(images[idx], aug_key), all_labels[idx]
-        return _from_flat(act, in_spec), carried
+        return from_flat(act, in_spec), carried
 
     # -- shapes of what crosses each cut, and the metric names -------------------------
 
@@ -558,20 +567,16 @@ def make_pipeline(
         probe_in = h_spec
     metric_keys = tuple(sorted(probe_keys))
     sent = [leaf for spec in cut_specs[1:] for leaf in jax.tree.leaves(spec)]
-    act_width = max((_flat_width(spec) for spec in cut_specs[1:]), default=1)
+    act_width = max((flat_width(spec) for spec in cut_specs[1:]), default=1)
     act_dtype = jnp.result_type(*(s.dtype for s in sent)) if sent else jnp.float32
 
-    def make_branch(plan: StagePlan, layout: _Layout, in_spec):
+    def make_branch(plan: StagePlan, in_spec, steady: bool):
         def branch(buffers, act, carried, valid, images, all_labels, idx):
-            st = layout.unpack(buffers)
+            st = layout.unpack(plan.index, buffers)
             x, y = stage_input(plan, st, act, carried, images, all_labels, idx, in_spec)
-            new_st, h, metrics = stage_compute(plan, st, x, y)
-            # an invalid tick keeps the old state: selected leaf by leaf, inside the one
-            # concatenation that packs the buffer (a select over the packed buffer cost
-            # a second full-size temporary and pass per tick)
-            kept = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_st, st)
-            new_buffers = layout.pack(kept, lengths)
-            out = jnp.zeros_like(act) if plan.has_output else _to_flat(h, act_width, act_dtype)
+            new_st, h, metrics = stage_compute(plan, st, x, y, True if steady else valid)
+            new_buffers = layout.pack(plan.index, new_st)
+            out = jnp.zeros_like(act) if plan.has_output else to_flat(h, act_width, act_dtype)
             zero = jnp.zeros((), jnp.float32)
             metrics = {
                 k: jnp.where(valid, metrics.get(k, zero), zero).astype(jnp.float32)
@@ -582,82 +587,82 @@ def make_pipeline(
 
         return branch
 
-    branches = [
-        make_branch(p, lay, spec) for p, lay, spec in zip(plans, layouts, cut_specs, strict=True)
-    ]
+    branches = {
+        steady: [make_branch(p, spec, steady) for p, spec in zip(plans, cut_specs, strict=True)]
+        for steady in (False, True)
+    }
     perm = [(i, i + 1) for i in range(num_stages - 1)]
 
-    def body(buffers, act, carried, valid, images, all_labels, idx, feed):
+    def body(steady, buffers, msg, images, all_labels, idx, valid):
         k = jax.lax.axis_index(STAGE)
 
         def one_tick(carry, inputs):
-            buffers, act, carried, valid = carry
-            idx_t, feed_t = inputs
-            v = jnp.where(k == 0, feed_t, valid[0])
+            buffers, msg = carry
+            idx_t, valid_t = inputs
+            v = valid_t[0]  # this stage's flag: its column of the [T, S] schedule
+            act, carried = from_message(msg[0], act_width, act_dtype, labels_spec.dtype)
             new_buffers, out, y, metrics = jax.lax.switch(
                 k,
-                branches,
+                branches[steady],
                 {dt: b[0] for dt, b in buffers.items()},
-                act[0],
-                carried[0],
+                act,
+                carried,
                 v,
                 images,
                 all_labels,
                 idx_t,
             )
             metrics["valid"] = v
+            msg = to_message(out, y)
             if perm:
-                out, y, v = jax.lax.ppermute((out, y, v), STAGE, perm)
-            carry = ({dt: b[None] for dt, b in new_buffers.items()}, out[None], y[None], v[None])
+                msg = jax.lax.ppermute(msg, STAGE, perm)
+            carry = ({dt: b[None] for dt, b in new_buffers.items()}, msg[None])
             return carry, {key: m[None] for key, m in metrics.items()}
 
         with conv_wgrad_context(conv_wgrad) if conv_wgrad else contextlib.nullcontext():
             if idx.shape[0] == 1:  # one tick: no loop (compiles faster)
-                (buffers, act, carried, valid), metrics = one_tick(
-                    (buffers, act, carried, valid), (idx[0], feed[0])
-                )
+                (buffers, msg), metrics = one_tick((buffers, msg), (idx[0], valid[0]))
                 metrics = {key: m[None] for key, m in metrics.items()}
             else:
-                (buffers, act, carried, valid), metrics = jax.lax.scan(
-                    one_tick, (buffers, act, carried, valid), (idx, feed)
-                )
-        return buffers, (act, carried, valid), metrics
+                (buffers, msg), metrics = jax.lax.scan(one_tick, (buffers, msg), (idx, valid))
+        return buffers, msg, metrics
 
     stage = PartitionSpec(STAGE)
     # manual over `stage`; `data` is left to the partitioner (global-batch BatchNorm and
     # similarity matrices, as in the data-parallel step)
-    mapped = jax.shard_map(
-        body,
-        mesh=mesh,
-        in_specs=(
-            stage,
-            stage,
-            stage,
-            stage,
-            PartitionSpec(),
-            PartitionSpec(),
-            PartitionSpec(),
-            PartitionSpec(),
-        ),
-        out_specs=(stage, (stage, stage, stage), PartitionSpec(None, STAGE)),
-        axis_names={STAGE},
-        check_vma=False,
-    )
+    mapped = {
+        steady: jax.shard_map(
+            functools.partial(body, steady),
+            mesh=mesh,
+            in_specs=(
+                stage,
+                stage,
+                PartitionSpec(),
+                PartitionSpec(),
+                PartitionSpec(),
+                PartitionSpec(None, STAGE),
+            ),
+            out_specs=(stage, stage, PartitionSpec(None, STAGE)),
+            axis_names={STAGE},
+            check_vma=False,
+        )
+        for steady in (False, True)
+    }
 
-    def tick(buffers, carry, images, all_labels, idx, feed):
-        return mapped(buffers, *carry, images, all_labels, idx, feed)
+    def tick(buffers, carry, images, all_labels, idx, valid, steady=False):
+        return mapped[steady](buffers, carry, images, all_labels, idx, valid)
 
-    buffer_sharding = {dt: NamedSharding(mesh, PartitionSpec(STAGE, None)) for dt in lengths}
+    buffer_sharding = {
+        name: NamedSharding(mesh, PartitionSpec(STAGE, None)) for name in layout.lengths
+    }
 
     def pack(state):
-        per_stage = [
-            lay.pack(_stage_state(state, n), lengths) for lay, n in zip(layouts, names, strict=True)
-        ]
-        return {dt: jnp.stack([p[dt] for p in per_stage]) for dt in lengths}
+        per_stage = [layout.pack(s, _stage_state(state, n)) for s, n in enumerate(names)]
+        return {name: jnp.stack([p[name] for p in per_stage]) for name in layout.lengths}
 
     def unpack(buffers):
         trees = [
-            lay.unpack({dt: b[s] for dt, b in buffers.items()}) for s, lay in enumerate(layouts)
+            layout.unpack(s, {name: b[s] for name, b in buffers.items()}) for s in range(num_stages)
         ]
         mirrors = _mirrors_params(frozenset(state_shapes.params))
 
@@ -686,17 +691,20 @@ def make_pipeline(
         plans=plans,
         cuts=tuple(cuts),
         stage_flops=stage_flops,
-        lengths=lengths,
-        stage_sizes=[dict(lay.sizes) for lay in layouts],
+        layout=layout,
+        lengths=dict(layout.lengths),
         act_width=act_width,
         act_dtype=act_dtype,
         label_dtype=labels_spec.dtype,
         metric_keys=metric_keys,
-        stage_fns=branches,
+        stage_fns=branches[True],
         pack=jax.jit(pack, out_shardings=buffer_sharding),
         unpack=jax.jit(unpack, out_shardings=replicated),
-        tick=jax.jit(tick, donate_argnums=(0, 1)),
-        cut_widths=tuple(_flat_width(spec) for spec in cut_specs[1:]),
+        # the state buffers are not donated: each stage's update writes a fresh buffer
+        # per slot, where donated ones cost a copy of the whole state after the
+        # `switch` (its outputs cannot alias its operands)
+        tick=jax.jit(tick, donate_argnums=(1,), static_argnames="steady"),
+        cut_widths=tuple(flat_width(spec) for spec in cut_specs[1:]),
     )
 
 
@@ -887,9 +895,11 @@ def run_epoch(
         for start in range(0, n_ticks, ticks_per_call):
             ticks = range(start, start + ticks_per_call)
             idx = np.stack([group[t] if t < len(group) else group[0] for t in ticks])
-            feed = np.array([t < len(group) for t in ticks])
+            valid = pipe.schedule(ticks, len(group))
+            # every stage holds a batch: the program without the keep-the-state select
+            steady = bool(valid.all())
             buffers, carry, metrics = pipe.tick(
-                buffers, carry, images, labels, *pipe.put_feed(idx, feed)
+                buffers, carry, images, labels, *pipe.put_feed(idx, valid), steady=steady
             )
             window.append(metrics)
             if len(window) >= sync_every:
