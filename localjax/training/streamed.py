@@ -19,20 +19,25 @@ What differs:
   fixed-size dataset streamed trains exactly as it does held in memory;
 - the model's class count is the folder's (a subset of ImageNet's classes works) and the
   training resolution is the config's `image_size` (0 = the dataset's: 224 for ImageNet);
-- with `checkpoint_every_steps` = N > 0, process 0 also writes a checkpoint every N steps
+- with `checkpoint_every_steps` = N > 0, the run also writes a checkpoint every N steps
   inside an epoch to `WORKDIR/checkpoints_mid/` (the newest kept), holding the state, the
-  grain iterator's state and the epoch's metric sums so far; a run restarted in the same
-  workdir continues from it when it continues the newest epoch checkpoint, and its
-  metrics equal an uninterrupted run's;
+  grain iterator's state (each process's, `streams`) and the epoch's metric sums so far; a
+  run restarted in the same workdir continues from it when it continues the newest epoch
+  checkpoint, and its metrics equal an uninterrupted run's;
 - unreadable images are counted, logged and replaced (`data.streaming.BadImages`);
-- checkpoints (epoch and mid-epoch) are written and read by process 0 through the host
-  (`Checkpointer(..., all_processes=False)`), not as per-process shards.
+- checkpoints (epoch and mid-epoch) are the loop's per-process sharded checkpoints
+  (`training.checkpoints`): every process constructs both `Checkpointer`s on the shared
+  workdir and saves and restores the global state, each writing and reading its own
+  shards, with no gather of the state onto one host; the meta (epoch, step, stream
+  states, metric sums, config, data fingerprint) is process 0's JSON. The processes agree
+  on each restore step (`checkpoints.gather_json`), so they resume, pass over or delete a
+  mid-epoch checkpoint together. Checkpoints written by the earlier process-0 protocol
+  (NumPy states, one stream state) restore alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -53,7 +58,13 @@ from localjax.network import count_params
 from localjax.objective import summarize_metrics
 from localjax.training import loop as loop_lib
 from localjax.training import sharding as sharding_lib
-from localjax.training.checkpoints import Checkpointer, CheckpointMismatch, UnreadableCheckpoint
+from localjax.training.checkpoints import (
+    Checkpointer,
+    CheckpointLayoutError,
+    CheckpointMismatch,
+    UnreadableCheckpoint,
+    gather_json,
+)
 from localjax.training.config import check_last_batch, model_from_config, validate
 from localjax.training.metric_writer import MetricWriter
 from localjax.training.metrics import check_finite, drain
@@ -291,19 +302,15 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _StreamRun
             jnp.zeros((2,), jnp.int32),
         )
     )
-    # process 0 alone, states through the host (the loop's checkpoints are per-process
-    # shards; training.checkpoints): `all_processes=False` keeps this file's protocol
-    ckpt = (
-        Checkpointer(os.path.join(workdir, "checkpoints"), config.keep, all_processes=False)
-        if primary
-        else None
-    )
-    every = config.get("checkpoint_every_steps", 0)
-    mid = (
-        Checkpointer(os.path.join(workdir, MID_DIR), 1, all_processes=False)
-        if primary and every
-        else None
-    )
+    # every process: each writes and reads its own shards of the shared directories
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep)
+    mid = None
+    if config.get("checkpoint_every_steps", 0):
+        try:
+            mid = Checkpointer(os.path.join(workdir, MID_DIR), 1)
+        except BaseException:
+            ckpt.close()
+            raise
     train_stream, test_stream = _streams(config, spec, train, test, mesh)
     fraction = config.get("max_bad_fraction", 0.001)
     run = _StreamRun(
@@ -334,13 +341,19 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _StreamRun
         },
     )
     try:
-        run.last_epoch, host_state = restore(
-            ckpt, host_state, config, workdir, data=run.data_fingerprint, say=run.say
+        # the fresh state placed on the mesh: the layout the checkpoints are read into
+        run.last_epoch, state = restore(
+            ckpt,
+            sharding_lib.put_replicated(host_state, mesh),
+            config,
+            workdir,
+            data=run.data_fingerprint,
+            say=run.say,
         )
         run.checkpoint_epoch = run.last_epoch
-        run.step_count = int(host_state.step)
-        host_state = _restore_mid(run, host_state)
-        run.state = sharding_lib.put_replicated(host_state, mesh)
+        run.step_count = int(jax.device_get(state.step))
+        run.state = _restore_mid(run, state)
+        step = int(jax.device_get(run.state.step))
         run.train_fn, run.eval_fn = _compiled_steps(model, tx, spec, config, mesh)
         if primary and run.last_epoch:
             run.history = resumed_history(workdir, run.last_epoch)
@@ -348,10 +361,10 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _StreamRun
         if run.resume is not None:
             banner += (
                 f"; resuming epoch {run.resume['epoch']} after batch "
-                f"{run.resume['stream']['batches_done']} (step {int(host_state.step)})"
+                f"{run.resume['stream']['batches_done']} (step {step})"
             )
         run.say(banner)
-        run.step_count = int(host_state.step)  # past the mid-epoch checkpoint's steps
+        run.step_count = step  # past the mid-epoch checkpoint's steps
         if primary:
             run.writer = MetricWriter(
                 workdir,
@@ -394,85 +407,115 @@ def _compiled_steps(model, tx, spec, config, mesh):
 
 
 # ------------------------------------------------------------------ mid-epoch checkpoints
-def _broadcast_json(value: Any) -> Any:
-    """Process 0's JSON-serialisable `value`, on every process."""
-    if jax.process_count() == 1:
-        return value
-    primary = jax.process_index() == 0
-    raw = np.frombuffer(json.dumps(value).encode(), np.uint8) if primary else None
-    size = int(multihost_utils.broadcast_one_to_all(np.int32(raw.size if primary else 0)))
-    buffer = raw if primary else np.zeros(size, np.uint8)
-    buffer = np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8)
-    return json.loads(buffer.tobytes().decode())
+def _agreed(why: str) -> str:
+    """Every process's reason to give up a mid-epoch checkpoint, combined (a collective):
+    process 0's if it has one, else the first other process's (prefixed with its
+    number); "" when no process has one."""
+    for i, reason in enumerate(gather_json(why)):
+        if reason:
+            return reason if i == 0 else f"on process {i}: {reason}"
+    return ""
 
 
-def _read_mid(run: _StreamRun, host_state):
-    """Process 0: (state, resume dict) of the newest mid-epoch checkpoint when it
+def _own_stream(meta: dict) -> dict:
+    """This process's grain iterator state in a mid-epoch checkpoint's meta: its entry of
+    `streams` (one per process, in process order) when the checkpoint was written by as
+    many processes as run now, else `stream` (process 0's; checkpoints of the earlier
+    protocol hold only that). Both work on any process: the state is the position in
+    the epoch's list of global batches, which every process's plan has in full."""
+    streams = meta.get("streams")
+    if isinstance(streams, list) and len(streams) == jax.process_count():
+        return streams[jax.process_index()]
+    return meta["stream"]
+
+
+def _mid_meta_problem(run: _StreamRun, step: int) -> tuple[str, dict | None]:
+    """This process's verdict on a mid-epoch checkpoint's meta: ("", meta) when it
     continues the state restored so far (its epoch follows the newest epoch checkpoint,
-    same run, same data), else (None, None); one that does not is deleted (with a line
-    saying why, unless it is merely of an epoch already checkpointed), so that the
-    checkpoints written from here on are the newest."""
-    steps = run.mid_ckpt.epochs() if run.mid_ckpt is not None else []
-    if not steps:
-        return None, None
-    step, why = steps[-1], ""
+    same run, same data: the data is checked on process 0, which holds the fingerprint),
+    else (reason, None); the reason `stale` for one of an epoch already checkpointed."""
     try:
         meta = run.mid_ckpt.restore_meta(step)
-        if int(meta.get("epoch", -1)) != run.last_epoch + 1 or step <= run.step_count:
-            why = "stale"  # of an epoch already checkpointed
-        elif _resume_mismatch(meta.get("config", {}), trajectory_config(run.config)):
-            why = "written by another config"
-        elif meta.get("data") != run.data_fingerprint:
-            why = "written for other data"
-        else:
-            state = run.mid_ckpt.restore_state(step, host_state)
-    except (UnreadableCheckpoint, CheckpointMismatch) as e:
-        why = str(e)
+    except UnreadableCheckpoint as e:
+        return str(e), None
+    if not all(k in meta for k in ("epoch", "stream", "totals")):
+        return f"checkpoint {step} cannot be read: its meta lacks the epoch, stream or sums", None
+    if int(meta["epoch"]) != run.last_epoch + 1 or step <= run.step_count:
+        return "stale", None
+    if _resume_mismatch(meta.get("config", {}), trajectory_config(run.config)):
+        return "written by another config", None
+    if run.data_fingerprint is not None and meta.get("data") != run.data_fingerprint:
+        return "written for other data", None
+    return "", meta
+
+
+def _read_mid(run: _StreamRun, template):
+    """Every process: (state, resume dict) of the newest mid-epoch checkpoint when it
+    continues the state restored so far (`_mid_meta_problem`), each process reading its
+    own shards laid out like `template`, else (None, None). The processes agree on the
+    meta, then on the state (`_agreed`); one that does not apply is deleted (with a line
+    saying why, unless it is merely of an epoch already checkpointed), so that the
+    checkpoints written from here on are the newest."""
+    if run.mid_ckpt is None:  # the same on every process: checkpoint_every_steps = 0
+        return None, None
+    steps = gather_json(run.mid_ckpt.epochs())[0]  # process 0's listing
+    if not steps:
+        return None, None
+    step, state = steps[-1], None
+    why, meta = _mid_meta_problem(run, step)
+    why = _agreed(why)
+    if not why:
+        try:
+            state = run.mid_ckpt.restore_state(step, template)
+        except (UnreadableCheckpoint, CheckpointMismatch, CheckpointLayoutError) as e:
+            why = str(e)
+        why = _agreed(why)
     if why:
         if why != "stale":
             run.say(f"deleting mid-epoch checkpoint {step}: {why}; resuming from the epoch's.")
         _clear_mid(run)
         return None, None
-    resume = {"epoch": int(meta["epoch"]), "stream": meta["stream"], "totals": meta["totals"]}
+    resume = {"epoch": int(meta["epoch"]), "stream": _own_stream(meta), "totals": meta["totals"]}
     return state, resume
 
 
 def _clear_mid(run: _StreamRun) -> None:
-    """Process 0: deletes every mid-epoch checkpoint and opens the folder anew."""
+    """Every process: deletes every mid-epoch checkpoint (process 0 removes the folder
+    while the others wait) and opens the folder anew."""
     directory = run.mid_ckpt.directory
     run.mid_ckpt.close()
-    shutil.rmtree(directory, ignore_errors=True)
-    run.mid_ckpt = Checkpointer(directory, 1, all_processes=False)
+    run.mid_ckpt = None  # closed: not closed again if reopening fails
+    if jax.process_index() == 0:
+        shutil.rmtree(directory, ignore_errors=True)
+    gather_json(None)  # a barrier: nobody opens the folder before it is gone
+    run.mid_ckpt = Checkpointer(directory, 1)
 
 
-def _restore_mid(run: _StreamRun, host_state):
+def _restore_mid(run: _StreamRun, state):
     """Continues from a mid-epoch checkpoint if one applies (`_read_mid`): sets
-    `run.resume` and returns the state to train on (else `host_state`)."""
-    state, resume = _read_mid(run, host_state) if run.primary else (None, None)
-    resume = _broadcast_json(resume)
+    `run.resume` and returns the state to train on (else `state`, unchanged)."""
+    restored, resume = _read_mid(run, state)
     if resume is None:
-        return host_state
-    if jax.process_count() > 1:
-        state = multihost_utils.broadcast_one_to_all(state if state is not None else host_state)
+        return state
     run.resume = resume
-    return state
+    return restored
 
 
 def _save_mid(run: _StreamRun, state, epoch: int, stream_state: dict, totals: dict) -> None:
-    """Process 0 writes the mid-epoch checkpoint of the current step (keeps the newest)."""
-    host_state = jax.device_get(state)
-    if not run.primary:
-        return
+    """Every process writes its shards of the mid-epoch checkpoint of the current step
+    (the newest kept); the meta, process 0's, holds every process's stream state."""
+    streams = gather_json(stream_state)
     meta = {
         "epoch": epoch,
         "step": run.step_count,
-        "stream": stream_state,
+        "stream": streams[0],
+        "streams": streams,
         "totals": totals,
         "config": trajectory_config(run.config),
-        "data": run.data_fingerprint,
+        "data": run.data_fingerprint,  # process 0's meta is the one written
     }
     try:
-        run.mid_ckpt.save(run.step_count, host_state, meta)
+        run.mid_ckpt.save(run.step_count, state, meta)
     except Exception as e:
         cause = loop_lib._os_error(e)
         if cause is None:
