@@ -87,44 +87,51 @@ __all__ = [
 ]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("role", "launcher", ["launcher", "memory"], "memory: one memory probe.")
-flags.DEFINE_list("parts", ["per_image", "throughput", "memory"], "Parts to run, in order.")
-flags.DEFINE_string("workdir", "", "Where the folders are written ('' = a new temp dir).")
-flags.DEFINE_string("out", "", "Write the results JSON here.")
-flags.DEFINE_integer("image_size", 224, "Training crop side S in px (the config's image_size).")
-flags.DEFINE_integer("batch_size", 128, "Global batch size B (the reference's 128).")
-flags.DEFINE_list("workers", ["0", "1", "2"], "data_workers values (0 = threads).")
-flags.DEFINE_integer("prefetch", 2, "data_prefetch: batches read ahead (per worker).")
-flags.DEFINE_integer("num_files", 320, "JPEG files of the throughput folder.")
-flags.DEFINE_integer("num_classes", 5, "Classes of the throughput folder.")
-flags.DEFINE_integer("width", 500, "Width of its JPEGs in px (ImageNet's typical 500x375).")
-flags.DEFINE_integer("height", 375, "Height of its JPEGs in px.")
-flags.DEFINE_integer("quality", 90, "JPEG quality of its files.")
-flags.DEFINE_integer("warmup_batches", 2, "Untimed batches first (worker start-up included).")
-flags.DEFINE_integer("windows", 5, "Timed windows per workers setting.")
-flags.DEFINE_integer(
-    "window_batches", 0, "Batches per window; 0 = 2 x the workers (x the threads for 0)."
-)
-flags.DEFINE_integer("per_image_count", 100, "Images timed one by one in `per_image`.")
-flags.DEFINE_list("memory_files", ["10000", "100000"], "File counts of the memory part.")
-flags.DEFINE_list("memory_workers", ["0", "1"], "data_workers values of the memory part.")
-flags.DEFINE_integer("memory_classes", 10, "Classes of the memory folders.")
-flags.DEFINE_integer("memory_side", 32, "Side of the memory folders' JPEGs in px.")
-flags.DEFINE_integer("memory_image_size", 32, "Crop side of the memory part's batches.")
-flags.DEFINE_integer("memory_batches", 20, "Batches each memory probe reads.")
-flags.DEFINE_integer("memory_batch_size", 128, "Batch size of the memory probes.")
-flags.DEFINE_integer("seed", 0, "Seed of the images written and of the stream.")
-flags.DEFINE_integer("timeout", 600, "Seconds a memory subprocess may take.")
-flags.DEFINE_bool(
-    "small",
-    False,
-    "Every path at tiny sizes (< 1 minute): 64 files, batch 16, 1 warm-up batch, 2 windows, "
-    "16 images per_image, memory at 500 and 2000 files, 4 batches of 32.",
-)
-# role=memory only
-flags.DEFINE_string("memory_root", "", "memory: the folder to probe.")
-flags.DEFINE_integer("memory_probe_workers", 0, "memory: data_workers of this probe.")
-flags.DEFINE_string("result", "", "memory: write this probe's JSON result here.")
+
+
+def _define_flags() -> None:
+    """Defines this module's flags; called only when it runs as the main module, so
+    that importing its functions (the tests do) defines no flags that could clash
+    with other experiments modules' (`--out`, `--workdir`, `--batch_size`)."""
+    flags.DEFINE_enum("role", "launcher", ["launcher", "memory"], "memory: one memory probe.")
+    flags.DEFINE_list("parts", ["per_image", "throughput", "memory"], "Parts to run, in order.")
+    flags.DEFINE_string("workdir", "", "Where the folders are written ('' = a new temp dir).")
+    flags.DEFINE_string("out", "", "Write the results JSON here.")
+    flags.DEFINE_integer("image_size", 224, "Training crop side S in px (the config's image_size).")
+    flags.DEFINE_integer("batch_size", 128, "Global batch size B (the reference's 128).")
+    flags.DEFINE_list("workers", ["0", "1", "2"], "data_workers values (0 = threads).")
+    flags.DEFINE_integer("prefetch", 2, "data_prefetch: batches read ahead (per worker).")
+    flags.DEFINE_integer("num_files", 320, "JPEG files of the throughput folder.")
+    flags.DEFINE_integer("num_classes", 5, "Classes of the throughput folder.")
+    flags.DEFINE_integer("width", 500, "Width of its JPEGs in px (ImageNet's typical 500x375).")
+    flags.DEFINE_integer("height", 375, "Height of its JPEGs in px.")
+    flags.DEFINE_integer("quality", 90, "JPEG quality of its files.")
+    flags.DEFINE_integer("warmup_batches", 2, "Untimed batches first (worker start-up included).")
+    flags.DEFINE_integer("windows", 5, "Timed windows per workers setting.")
+    flags.DEFINE_integer(
+        "window_batches", 0, "Batches per window; 0 = 2 x the workers (x the threads for 0)."
+    )
+    flags.DEFINE_integer("per_image_count", 100, "Images timed one by one in `per_image`.")
+    flags.DEFINE_list("memory_files", ["10000", "100000"], "File counts of the memory part.")
+    flags.DEFINE_list("memory_workers", ["0", "1"], "data_workers values of the memory part.")
+    flags.DEFINE_integer("memory_classes", 10, "Classes of the memory folders.")
+    flags.DEFINE_integer("memory_side", 32, "Side of the memory folders' JPEGs in px.")
+    flags.DEFINE_integer("memory_image_size", 32, "Crop side of the memory part's batches.")
+    flags.DEFINE_integer("memory_batches", 20, "Batches each memory probe reads.")
+    flags.DEFINE_integer("memory_batch_size", 128, "Batch size of the memory probes.")
+    flags.DEFINE_integer("seed", 0, "Seed of the images written and of the stream.")
+    flags.DEFINE_integer("timeout", 600, "Seconds a memory subprocess may take.")
+    flags.DEFINE_bool(
+        "small",
+        False,
+        "Every path at tiny sizes (< 1 minute): 64 files, batch 16, 1 warm-up batch, 2 windows, "
+        "16 images per_image, memory at 500 and 2000 files, 4 batches of 32.",
+    )
+    # role=memory only
+    flags.DEFINE_string("memory_root", "", "memory: the folder to probe.")
+    flags.DEFINE_integer("memory_probe_workers", 0, "memory: data_workers of this probe.")
+    flags.DEFINE_string("result", "", "memory: write this probe's JSON result here.")
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = ".input_bench.json"  # in a folder's root: what was written there, once complete
@@ -994,4 +1001,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
