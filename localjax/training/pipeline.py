@@ -269,10 +269,11 @@ class Pipeline:
         (buffers, output [B, A], labels, metrics)` (for timing a stage alone).
       tick: jitted `(buffers, carry, images, labels, idx [T, B], valid [T, S] bool,
         steady=False) -> (buffers, carry, metrics)`, the arrays of `put_feed`, with
-        `metrics` `{key: [T, S]}` (float32 sums of the batch each stage held, plus int32
-        `step` and bool `valid`); the carry is donated, the state buffers are not (each
-        stage writes fresh ones). `steady=True` (static) compiles the program for ticks
-        in which every stage holds a batch (no keep-the-state select): only for those.
+        `metrics` `[T, S, K + 2]` uint32 words (`metrics_dict` reads them: float32 sums of
+        the batch each stage held, int32 `step`, bool `valid`); the carry is donated,
+        the state buffers are not (each stage writes fresh ones). `steady=True`
+        (static) compiles the program for ticks in which every stage holds a batch (no
+        keep-the-state select): only for those.
 
     Raises:
       Nothing of its own.
@@ -382,6 +383,16 @@ class Pipeline:
                 sharding=NamedSharding(self.mesh, PartitionSpec(None, STAGE)),
             ),
         )
+
+    def metrics_dict(self, words: np.ndarray) -> dict[str, np.ndarray]:
+        """A tick's metrics output on the host, `[T, S, K + 2]` uint32 words, as
+        `{key: [T, S]}`: `metric_keys` as float32 sums, `step` (int32: the update the
+        stage made, counted from 0) and `valid` (bool: whether the stage held a batch)."""
+        words = np.asarray(words, np.uint32)
+        out = {key: words[..., i].view(np.float32) for i, key in enumerate(self.metric_keys)}
+        out["step"] = words[..., len(self.metric_keys)].view(np.int32)
+        out["valid"] = words[..., len(self.metric_keys) + 1].astype(bool)
+        return out
 
     def padding_waste(self) -> float:
         """The fraction of the state buffers (bytes, all stages) that is padding."""
@@ -612,17 +623,22 @@ def make_pipeline(
                 all_labels,
                 idx_t,
             )
-            metrics["valid"] = v
+            # one uint32 array of every metric's bits: one output per tick, where a dict
+            # of scalars cost the host a dozen arrays to create per dispatch
+            words = jnp.stack(
+                [jax.lax.bitcast_convert_type(metrics[key], jnp.uint32) for key in metric_keys]
+                + [jax.lax.bitcast_convert_type(metrics["step"], jnp.uint32), v.astype(jnp.uint32)]
+            )
             msg = to_message(out, y)
             if perm:
                 msg = jax.lax.ppermute(msg, STAGE, perm)
             carry = ({dt: b[None] for dt, b in new_buffers.items()}, msg[None])
-            return carry, {key: m[None] for key, m in metrics.items()}
+            return carry, words[None]
 
         with conv_wgrad_context(conv_wgrad) if conv_wgrad else contextlib.nullcontext():
             if idx.shape[0] == 1:  # one tick: no loop (compiles faster)
                 (buffers, msg), metrics = one_tick((buffers, msg), (idx[0], valid[0]))
-                metrics = {key: m[None] for key, m in metrics.items()}
+                metrics = metrics[None]
             else:
                 (buffers, msg), metrics = jax.lax.scan(one_tick, (buffers, msg), (idx, valid))
         return buffers, msg, metrics
@@ -783,7 +799,7 @@ class SkewedMetrics:
     last). Its metrics are then the sum of the S shares: the fused step's `step_metrics`
     dict for that batch (the `objective` summed from per-stage parts).
 
-    Usage: `for step, metrics in skewed.add(jax.device_get(tick_metrics)): ...`
+    Usage: `for step, m in skewed.add(pipe.metrics_dict(jax.device_get(words))): ...`
     """
 
     def __init__(self, num_stages: int):
@@ -871,8 +887,8 @@ def run_epoch(
         nonlocal completed
         # one process holds every stage's metrics; several gather them (a host copy)
         fetched = to_host(window, pipe.mesh)
-        for metrics in fetched:
-            for step, batch_metrics in skewed.add(metrics):
+        for words in fetched:
+            for step, batch_metrics in skewed.add(pipe.metrics_dict(words)):
                 if check is not None:
                     check(step, batch_metrics)
                 for k, v in batch_metrics.items():
