@@ -35,7 +35,7 @@ import jax
 from absl import app, flags
 
 from localjax.errors import ConfigError, DatasetError
-from localjax.models import COMPUTE_DTYPES
+from localjax.models import COMPUTE_DTYPES, FINAL_POOLS
 from localjax.perf.benchmark import benchmark, depth_sweep
 from localjax.perf.pipeline_timing import benchmark_pipeline
 
@@ -48,6 +48,12 @@ flags.DEFINE_string(
 flags.DEFINE_integer("depth", None, "Dense blocks (default: 3 for mlp, 1 after a VGG stack).")
 flags.DEFINE_integer("num_hidden", 1024, "Units per dense block (width).")
 flags.DEFINE_float("feat_mult", 1.0, "VGG channel multiplier.")
+flags.DEFINE_enum(
+    "final_pool",
+    "reference",
+    list(FINAL_POOLS),
+    "(Wide) ResNets: the reference's final pool, flattened, or global (mean over H, W).",
+)
 flags.DEFINE_enum("loss", "predsim", ["pred", "sim", "predsim", "backprop"], "Training loss.")
 flags.DEFINE_bool("bio", False, "The backprop-free bio variant of the heads.")
 flags.DEFINE_bool("detach", True, "Cut the graph between blocks (False: deep supervision).")
@@ -154,6 +160,7 @@ def _run() -> None:
         feat_mult=FLAGS.feat_mult,
         dim_in_decoder=FLAGS.dim_in_decoder,
         compile_only=FLAGS.compile_only,
+        final_pool=FLAGS.final_pool,
         **common,
     )
     xla = r["xla_flops_per_step"]
@@ -207,6 +214,7 @@ def _run_pipeline(common: dict) -> None:
         depth=FLAGS.depth,
         feat_mult=FLAGS.feat_mult,
         dim_in_decoder=FLAGS.dim_in_decoder,
+        final_pool=FLAGS.final_pool,
         **{k: common[k] for k in ("num_hidden", "batch_size", "steps", "warmup", "dtype")},
         **{k: common[k] for k in ("bio", "nonlin", "dropout", "dataset", "conv_wgrad")},
     )

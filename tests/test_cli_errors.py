@@ -124,6 +124,14 @@ _CASES = {
         ["--config.model=wresnet12-4"],
         ["wresnet12-4: a Wide ResNet depth must be 6n+4"],
     ),
+    "final_pool_unknown": (
+        ["--config.model=resnet18", "--config.final_pool=avg4"],
+        ["unknown final_pool 'avg4'; choose one of ['reference', 'global']"],
+    ),
+    "final_pool_on_mlp": (
+        ["--config.final_pool=global"],
+        ["final_pool='global' applies to the ResNets and Wide ResNets; 'mlp'"],
+    ),
     "momentum_with_adam": (
         ["--config.momentum=0.9"],
         ["momentum=0.9 applies to optim='sgd' only"],

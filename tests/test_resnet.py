@@ -342,3 +342,149 @@ def test_each_local_loss_trains_its_own_block_only(name):
         k for k, paths in owners.items() if "layer2_0_conv2/shortcut_conv/kernel" in paths
     )
     assert "(layer2_0_conv2)" in projection
+
+
+# ------------------------------------------------------------ final pool
+def test_final_pool_default_is_the_reference_pool():
+    from localjax.models import resnet, wide_resnet
+
+    assert build_model("resnet18", 10).layers[-1] is resnet._avg_pool4
+    assert build_model("resnet18", 10, final_pool="reference").layers[-1] is resnet._avg_pool4
+    assert build_model("wresnet16-4", 10).layers[-1] is wide_resnet._avg_pool8
+    assert build_model("wresnet16-4a", 10).layers[-1] is wide_resnet._max_pool2
+    for name in ("resnet18", "wresnet16-4", "wresnet16-4a"):
+        assert build_model(name, 10, final_pool="global").layers[-1] is resnet.global_avg_pool
+
+
+def test_final_pool_errors_are_one_line():
+    with pytest.raises(ConfigError) as e:
+        build_model("resnet18", 10, final_pool="avg4")
+    assert str(e.value) == (
+        "unknown final_pool 'avg4'; choose one of ['reference', 'global'] (reference: the "
+        "reference's final pool, its output flattened; global: the mean over H and W)."
+    )
+    with pytest.raises(ConfigError, match="unknown final_pool 'max'"):
+        build_model("wresnet16-4", 10, final_pool="max")
+    for name in ("mlp", "vgg8b"):
+        with pytest.raises(ConfigError) as e:
+            build_model(name, 10, final_pool="global")
+        assert "\n" not in str(e.value)
+        assert str(e.value).startswith(
+            f"final_pool='global' applies to the ResNets and Wide ResNets; '{name}'"
+        )
+    from experiments.configs import default
+    from localjax.training.config import model_from_config
+
+    config = default.get_config()
+    config.model, config.final_pool = "resnet18", "Global"
+    with pytest.raises(ConfigError, match="unknown final_pool 'Global'"):
+        model_from_config(config, 10)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, features",
+    [
+        ("resnet18", dict(), 512),
+        ("resnet50", dict(), 2048),
+        ("wresnet16-4", dict(), 256),
+        ("wresnet16-4a", dict(), 256),
+        ("resnet18", dict(feat_mult=0.25, pre_act=True), 128),
+    ],
+)
+def test_global_head_does_not_depend_on_the_input_size(name, kwargs, features):
+    """final_pool="global": the output layer takes the final map's channels at any size,
+    so the inference parameter count at 64 px is that at 32 px (the local heads' pred
+    decoders may still grow: their average pool keeps up to dim_in_decoder features);
+    the reference's flattening head grows with the input."""
+    model = build_model(name, 100, "predsim", final_pool="global", **kwargs)
+    at32, at64 = (shapes_of(model, size)["params"] for size in (32, 64))
+    assert at64["output"]["dense"]["kernel"].shape == (features, 100)
+    assert count_params(at64)[0] == count_params(at32)[0]
+    reference = build_model(name, 100, "predsim", **kwargs)
+    ref32, ref64 = (shapes_of(reference, size)["params"] for size in (32, 64))
+    if name != "wresnet16-4a":  # the same network at 32 px (adapted: a 2x2 max pool)
+        assert count_params(ref32) == count_params(at32)
+    assert count_params(ref64)[0] > count_params(at64)[0]
+    flat = 4 * features if name != "wresnet16-4a" else 64 * features  # 2x2 / 8x8 maps left
+    assert ref64["output"]["dense"]["kernel"].shape == (flat, 100)
+
+
+def _global_tiny(size=64):
+    model = build_model("resnet18", 10, "predsim", feat_mult=1 / 16, final_pool="global")
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (B, size, size, 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, (B,), dtype=np.int32))
+    x0 = _preprocess(images[:2], jax.random.key(0))
+    state = create_train_state(model, optax.adam(1e-3), jax.random.key(1), x0, labels[:2])
+    return model, images, labels, state
+
+
+def _random_output(variables, key):
+    """The variables with a random output kernel (local modes zero-initialise it)."""
+    params = dict(variables["params"])
+    kernel = params["output"]["dense"]["kernel"]
+    params["output"] = {
+        "dense": {**params["output"]["dense"], "kernel": jax.random.normal(key, kernel.shape)}
+    }
+    return {**variables, "params": params}
+
+
+def test_global_pool_resnet18_at_64px_forward_and_train_step():
+    model, images, labels, state = _global_tiny()
+    assert state.params["output"]["dense"]["kernel"].shape == (512 // 16, 10)
+    variables = _random_output(state.variables(), jax.random.key(2))
+    x = _preprocess(images, jax.random.key(3))
+    (logits, _), captured = model.apply(
+        variables, x, capture_intermediates=lambda mdl, _: mdl.name == "layer4_1_conv2"
+    )
+    ((last, _),) = captured["intermediates"]["layer4_1_conv2"]["__call__"]
+    assert last.shape == (B, 8, 8, 32)  # 64 px: the last stage's map is 8x8
+    dense = variables["params"]["output"]["dense"]
+    by_hand = jnp.mean(last, axis=(1, 2)) @ dense["kernel"] + dense["bias"]
+    np.testing.assert_allclose(logits, by_hand, rtol=1e-5, atol=1e-5)
+    # a train step: finite metrics, every block and the output layer move
+    tx = optax.adam(1e-3)
+    step = jax.jit(make_train_step(model, tx, preprocess=_preprocess, seed=0))
+    new, metrics = step(state, images, labels)
+    assert all(np.isfinite(float(v)) for v in jax.tree_util.tree_leaves(metrics))
+    moved = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), state.params, new.params)
+    for block, leaves in moved.items():
+        assert any(jax.tree_util.tree_leaves(leaves)), block
+
+
+def test_global_pool_equals_the_reference_pool_at_32px():
+    model, images, _, state = _global_tiny(size=32)
+    reference = build_model("resnet18", 10, "predsim", feat_mult=1 / 16)
+    variables = _random_output(state.variables(), jax.random.key(2))
+    x = _preprocess(images, jax.random.key(3))
+    np.testing.assert_allclose(
+        model.apply(variables, x)[0], reference.apply(variables, x)[0], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_global_pool_flops_and_stage_plan():
+    """perf.flops counts the output layer on C features; the FLOP-balanced stage plan
+    puts the global pool, a plain layer, on the last stage with the output layer."""
+    from localjax.models.resnet import global_avg_pool
+    from localjax.perf.flops import model_flops
+    from localjax.training import stages
+
+    b, k, c = B, 10, 512 // 16
+    model = build_model("resnet18", k, "predsim", feat_mult=1 / 16, final_pool="global")
+    reference = build_model("resnet18", k, "predsim", feat_mult=1 / 16)
+    # local learning: the output layer's forward and weight gradient, on C vs 2x2xC inputs
+    diff = model_flops(reference, b, (64, 64, 3)) - model_flops(model, b, (64, 64, 3))
+    assert diff == 2 * 2 * b * (4 * c - c) * k
+    at32 = build_model("resnet18", k, "predsim", feat_mult=1 / 16)
+    assert model_flops(model, b, (32, 32, 3)) == model_flops(at32, b, (32, 32, 3))
+    x = jax.ShapeDtypeStruct((b, 64, 64, 3), jnp.float32)
+    y = jax.ShapeDtypeStruct((b,), jnp.int32)
+    state = jax.eval_shape(
+        lambda x, y: create_train_state(model, optax.adam(1e-3), jax.random.key(0), x, y), x, y
+    )
+    costs, out_cost = stages.block_flops(model, state, x, y)
+    assert len(costs) == 17 and out_cost == 2 * 2 * b * c * k
+    plans = stages.plan_stages(model, stages.balance_cuts(costs, 3, out_cost))
+    assert [p.has_output for p in plans] == [False, False, True]
+    assert plans[-1].layers[-1] == (None, global_avg_pool)
+    assert sum(len(p.block_names) for p in plans) == 17

@@ -39,6 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.alpha = 0.0
     c.similarity_std = True  # False: the reference's --no-similarity-std
     c.pre_act = False  # ResNets: pre-activation units (the reference's --pre-act)
+    # (Wide) ResNets' final pool: reference = the reference's 4x4 average pool (Wide
+    # ResNets: 8x8, adapted 2x2 max) flattened into the output layer, sized for 32 px |
+    # global = the mean over H and W, the standard ImageNet head (output layer on
+    # 512 x expansion features, Wide ResNets 64k, at any input size)
+    c.final_pool = "reference"
     c.no_batch_norm = False  # the reference's --no-batch-norm: no BatchNorm in the blocks
     c.detach = True  # False: deep supervision
     c.dtype = "float32"  # float32 | bfloat16 (compute; parameters stay float32)

@@ -37,10 +37,14 @@ stage runs at 16x the standard ResNet's spatial size: at 224 px the inference fo
 block's local head (a 3x3 conv projection for the similarity loss) runs at that resolution
 too. The 224 px rows need hours to days per epoch on one GPU (ResNet-18: 64 GPU-days for
 400 epochs), hence `image_size` (the first author's 112 px: 5.7 GPU-days for 400 epochs).
-localjax flattens the final 4x4 average pool's output into the output layer (7x7x512
-features at 224 px for ResNet-18, 7x7x2048 for ResNet-50: most of the inference
-parameters); the reference's output layer takes 512 x expansion features, the 1x1 map of
-32 px inputs, so the reference's code stops there on larger inputs.
+By default (`final_pool="reference"`) localjax flattens the final 4x4 average pool's
+output into the output layer (7x7x512 features at 224 px for ResNet-18, 7x7x2048 for
+ResNet-50: most of the inference parameters); the reference's output layer takes 512 x
+expansion features, the 1x1 map of 32 px inputs, so the reference's code stops there on
+larger inputs. `--config.final_pool=global` gives the standard ImageNet head instead: the
+mean over the final map's H and W, then the output layer on 512 x expansion features at
+any input size (ResNet-18: 11.7 M inference parameters at 32, 64 and 224 px, counted with
+`count_params`). The rows keep the flattening head, with which the table was measured.
 
 The ImageNet rows are the reference's defaults (predsim, Adam, lr 5e-4, 400 epochs, lr x
 0.25 after epochs 200, 300, 350, 375, batch 128, relu, no dropout, dim_in_decoder 4096,

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from localjax.errors import ConfigError
 from localjax.heads import HeadConfig
 from localjax.models.mlp import MLP
-from localjax.models.resnet import RESNET_CONFIGS, ResNet
+from localjax.models.resnet import FINAL_POOLS, RESNET_CONFIGS, ResNet, check_final_pool
 from localjax.models.vgg import VGG, VGG_CONFIGS
 from localjax.models.wide_resnet import WIDE_RESNET_NAMES, WideResNet, parse_wide_resnet
 from localjax.network import LocalNetwork
@@ -31,6 +31,7 @@ __all__ = [
     "VGG_CONFIGS",
     "ResNet",
     "RESNET_CONFIGS",
+    "FINAL_POOLS",
     "WideResNet",
     "WIDE_RESNET_NAMES",
     "MODEL_NAMES",
@@ -86,6 +87,7 @@ def build_model(
     no_batch_norm: bool = False,
     detach: bool = True,
     dtype: Any = "float32",
+    final_pool: str = "reference",
 ) -> LocalNetwork:
     """Builds one of the paper's networks by name.
 
@@ -115,6 +117,11 @@ def build_model(
       detach: cut the graph between blocks (False: deep supervision).
       dtype: compute dtype: a name of `COMPUTE_DTYPES` (`float32`, `bfloat16`) or the
         dtype itself; parameters stay float32.
+      final_pool: the (Wide) ResNets' last plain layer, one of `FINAL_POOLS`:
+        `reference` (the reference's final average pool, or an adapted Wide ResNet's max
+        pool, its output flattened: sized for 32 px inputs) or `global` (the mean over
+        H and W, the standard ImageNet head: the output layer's input no longer depends
+        on the input size); see `ResNet`, `WideResNet`.
 
     Returns:
       An unbound `LocalNetwork` (see `MLP`, `VGG`).
@@ -123,7 +130,8 @@ def build_model(
       ConfigError (a ValueError): for an unknown model, loss or dtype name (the message
         lists the known ones), or an invalid head setting (from `HeadConfig`: beta/alpha
         outside [0, 1], num_classes < 2, unknown unsup); a Wide ResNet depth that is not
-        6n + 4; `unsup="recon"` or `pre_act` where the model does not support it.
+        6n + 4; an unknown `final_pool`; `unsup="recon"`, `pre_act` or
+        `final_pool="global"` where the model does not support it.
 
     Implements the paper's networks and loss modes (METHOD.md, Network; Local losses).
     """
@@ -131,6 +139,12 @@ def build_model(
     if name not in MODEL_NAMES and wide is None:
         raise ConfigError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}.")
     residual = wide is not None or name in RESNET_CONFIGS
+    check_final_pool(final_pool)
+    if final_pool != "reference" and not residual:
+        raise ConfigError(
+            f"final_pool={final_pool!r} applies to the ResNets and Wide ResNets; {name!r} "
+            "flattens its features into dense layers (keep final_pool='reference')."
+        )
     if pre_act and name not in RESNET_CONFIGS:
         raise ConfigError(
             f"pre_act is the ResNets' option (the reference's --pre-act); {name!r} has none "
@@ -170,6 +184,7 @@ def build_model(
             detach=detach,
             dtype=dtype,
             batch_norm=not no_batch_norm,
+            final_pool=final_pool,
         )
     if wide is not None:
         depth, k, adapted = wide
@@ -185,6 +200,7 @@ def build_model(
             detach=detach,
             dtype=dtype,
             batch_norm=not no_batch_norm,
+            final_pool=final_pool,
         )
     common = dict(
         num_classes=num_classes,

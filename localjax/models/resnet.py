@@ -9,11 +9,14 @@ Usage::
 Structure (the reference's `ResNet`, `BasicBlock`, `Bottleneck`): a 3×3 stem `conv1`,
 four stages `layer1`..`layer4` of residual units (widths 64, 128, 256, 512 times
 `feat_mult`, ×4 output channels in a Bottleneck; stride 2 in the first unit of stages
-2-4), a 4×4 average pool and the output layer. Every convolution is a block with its
-own local loss (`blocks.LocalResConv`), named `layer<s>_<u>_conv<j>`; the activation
-between the blocks of a unit is the pair (h, unit input), and the unit's last
-convolution adds the shortcut (identity, or a 1×1 conv + BatchNorm projection that
-belongs to that block) after its BatchNorm and before its nonlinearity.
+2-4), a 4×4 average pool (its output flattened: the 1×1 map of 32 px inputs) and the
+output layer; `final_pool="global"` averages the final map over H and W instead (the
+standard ImageNet head: 512·expansion features at any input size). Every convolution
+is a block with its own local loss (`blocks.LocalResConv`), named
+`layer<s>_<u>_conv<j>`; the activation between the blocks of a unit is the pair
+(h, unit input), and the unit's last convolution adds the shortcut (identity, or a 1×1
+conv + BatchNorm projection that belongs to that block) after its BatchNorm and before
+its nonlinearity.
 
 Letters: B batch, H/W spatial size, C channels (NHWC), K classes.
 """
@@ -32,7 +35,7 @@ from localjax.heads import HeadConfig
 from localjax.models.mlp import network
 from localjax.network import LocalNetwork
 
-__all__ = ["RESNET_CONFIGS", "ResNet"]
+__all__ = ["RESNET_CONFIGS", "FINAL_POOLS", "ResNet", "global_avg_pool", "check_final_pool"]
 
 # name -> (unit kind, units per stage)
 RESNET_CONFIGS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -45,6 +48,24 @@ RESNET_CONFIGS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 _STAGE_WIDTHS = (64, 128, 256, 512)
 _STAGE_STRIDES = (1, 2, 2, 2)
+# the last plain layer of the (Wide) ResNets: the reference's pool then flatten, or the
+# standard ImageNet head's global average pool
+FINAL_POOLS = ("reference", "global")
+
+
+def check_final_pool(final_pool: str) -> None:
+    """Raises `ConfigError` (one line naming the choices) for a value not in `FINAL_POOLS`."""
+    if final_pool not in FINAL_POOLS:
+        raise ConfigError(
+            f"unknown final_pool {final_pool!r}; choose one of {list(FINAL_POOLS)} (reference: "
+            "the reference's final pool, its output flattened; global: the mean over H and W)."
+        )
+
+
+def global_avg_pool(z):
+    """The standard ImageNet head's pool: the mean over H and W, `[B, H, W, C]` -> `[B, C]`
+    (`final_pool="global"`); the output layer then takes C features at any input size."""
+    return jnp.mean(z, axis=(1, 2))
 
 
 def _avg_pool4(z):
@@ -52,7 +73,8 @@ def _avg_pool4(z):
     if z.shape[1] < 4 or z.shape[2] < 4:
         raise ValueError(
             f"the ResNet's final 4x4 average pool needs a feature map of at least 4x4; got "
-            f"{z.shape[1]}x{z.shape[2]} (inputs of at least 25x25 px, e.g. 28 or 32)."
+            f"{z.shape[1]}x{z.shape[2]} (inputs of at least 25x25 px, e.g. 28 or 32; or "
+            "final_pool='global')."
         )
     return nn.avg_pool(z, (4, 4), strides=(4, 4))
 
@@ -68,6 +90,7 @@ def ResNet(  # noqa: N802 -- the reference's name
     detach: bool = True,
     dtype: Any = jnp.float32,
     batch_norm: bool = True,
+    final_pool: str = "reference",
 ) -> LocalNetwork:
     """A ResNet of `RESNET_CONFIGS` built from local-loss blocks.
 
@@ -90,16 +113,27 @@ def ResNet(  # noqa: N802 -- the reference's name
         one); False is the reference's `--no-batch-norm`, which leaves the projection
         shortcuts' BatchNorm (`shortcut_bn`) in place and adds no conv bias (the
         reference's ResNet convolutions have none).
+      final_pool: `reference` (default): the reference's `F.avg_pool2d(x, 4)`, its
+        output flattened into the output layer: 512·expansion features at 32 px (the
+        reference's Linear), ⌊h/4⌋²·512·expansion for a larger final map of h×h
+        (h = ⌈H/8⌉: 7×7×512 for ResNet-18 at 224 px, most of the inference
+        parameters; the reference's own code stops there with a shape error).
+        `global`: the mean over H and W of the final map (`global_avg_pool`), the
+        standard ImageNet head: the output layer takes 512·expansion features at any
+        input size; the same as `reference` at 25-32 px (a 4×4 final map), up to
+        float rounding.
 
     Returns:
       An unbound `LocalNetwork`: blocks `conv1`, `layer<s>_<u>_conv<j>` (s 1..4, u the
-      unit, j 1..2 or 1..3), then a 4×4 average pool and `output` (zero weight in local
-      modes). Call it as `net(x [B, H, W, C] float, labels [B] int or None, train=...)`
-      -> `(logits [B, K] float32, local)`; H, W >= 25 (the final pool needs 4×4).
+      unit, j 1..2 or 1..3), then the final pool (`final_pool`) and `output` (zero
+      weight in local modes). Call it as
+      `net(x [B, H, W, C] float, labels [B] int or None, train=...)` ->
+      `(logits [B, K] float32, local)`; H, W >= 25 for `reference` (the final pool
+      needs 4×4).
 
     Raises:
-      ConfigError: an unknown `config`, or a `feat_mult` that leaves a stage without a
-        channel; an unknown `nonlin` (when first applied).
+      ConfigError: an unknown `config` or `final_pool`, or a `feat_mult` that leaves a
+        stage without a channel; an unknown `nonlin` (when first applied).
 
     Implements the reference's ResNet (METHOD.md, Network).
     """
@@ -107,6 +141,7 @@ def ResNet(  # noqa: N802 -- the reference's name
         raise ConfigError(
             f"unknown ResNet config {config!r}; choose one of {list(RESNET_CONFIGS)}."
         )
+    check_final_pool(final_pool)
     if not (math.isfinite(feat_mult) and int(feat_mult * _STAGE_WIDTHS[0]) >= 1):
         raise ConfigError(
             f"feat_mult={feat_mult} leaves the ResNet's first stage (64 channels x "
@@ -152,5 +187,5 @@ def ResNet(  # noqa: N802 -- the reference's name
                     conv(out_planes, name + "3", kernel_size=1, padding=0, **end),
                 ]
             in_planes = out_planes
-    layers.append(_avg_pool4)
+    layers.append(global_avg_pool if final_pool == "global" else _avg_pool4)
     return network(layers, num_classes, head, detach, dtype)

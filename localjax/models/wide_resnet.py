@@ -11,7 +11,8 @@ Structure (the reference's `Wide_ResNet`, `wide_basic`): a 3×3 stem `conv1`, th
 stages of n = (depth − 4)/6 pre-activation units (widths 16k, 32k, 64k; stride 2 in the
 first unit of stages 2 and 3, on its second convolution), then BatchNorm → ReLU
 (`bn_final`, inside the last block after its output), an 8×8 average pool (or, adapted,
-a 2×2 max pool) and the output layer.
+a 2×2 max pool), its output flattened, and the output layer; `final_pool="global"`
+averages the final map over H and W instead (64k features at any input size).
 Every convolution is a block with its own local loss (`blocks.LocalResConv`, conv with
 bias); a pre-activation block passes its raw conv output on, its local loss normalises
 that output for itself. The second convolution of a unit adds the shortcut (identity,
@@ -37,6 +38,7 @@ from localjax.blocks import LocalResConv
 from localjax.errors import ConfigError
 from localjax.heads import HeadConfig
 from localjax.models.mlp import network
+from localjax.models.resnet import check_final_pool, global_avg_pool
 from localjax.network import LocalNetwork
 
 __all__ = ["WIDE_RESNET_NAMES", "parse_wide_resnet", "WideResNet"]
@@ -79,7 +81,8 @@ def _avg_pool8(z):
     if z.shape[1] < 8 or z.shape[2] < 8:
         raise ValueError(
             f"the Wide ResNet's final 8x8 average pool needs a feature map of at least 8x8; "
-            f"got {z.shape[1]}x{z.shape[2]} (inputs of at least 29x29 px, e.g. 32)."
+            f"got {z.shape[1]}x{z.shape[2]} (inputs of at least 29x29 px, e.g. 32; or "
+            "final_pool='global')."
         )
     return nn.avg_pool(z, (8, 8), strides=(8, 8))
 
@@ -101,6 +104,7 @@ def WideResNet(  # noqa: N802 -- the reference's name
     detach: bool = True,
     dtype: Any = jnp.float32,
     batch_norm: bool = True,
+    final_pool: str = "reference",
 ) -> LocalNetwork:
     """A Wide ResNet WRN-depth-k built from local-loss blocks.
 
@@ -122,18 +126,28 @@ def WideResNet(  # noqa: N802 -- the reference's name
       batch_norm: the BatchNorm of every convolution (`bn_pre`, the loss-only one);
         False is the reference's `--no-batch-norm`, which leaves the final BatchNorm
         (`bn_final`, the reference's `bn1`) in place; the convolutions keep their bias.
+      final_pool: `reference` (default): the reference's `F.avg_pool2d(x, 8)` (adapted:
+        `F.max_pool2d(x, 2)`), its output flattened into the output layer: 64k features
+        at 32 px (adapted: 16·64k); ⌊h/8⌋²·64k (adapted: ⌊h/2⌋²·64k) for a larger final
+        map of h×h, h = ⌈H/4⌉ (the reference's own code stops there with a shape
+        error). `global`: the mean over H and W of the final map
+        (`resnet.global_avg_pool`), 64k features at any input size: the same as
+        `reference` at 29-32 px when not adapted, up to float rounding; adapted, a mean
+        instead of the 2×2 max pool.
 
     Returns:
       An unbound `LocalNetwork`: blocks `conv1`, `layer<s>_<u>_conv<j>` (s 1..3, u the
       unit, j 1..2; the last one ends with the final BatchNorm → ReLU, `bn_final`, which
       with local heads has no scale or bias, as the reference never trains them then),
-      the pooling, `output` (zero weight in local modes). Call it as
+      the pooling (`final_pool`), `output` (zero weight in local modes). Call it as
       `net(x [B, H, W, C] float, labels [B] int or None, train=...)` ->
-      `(logits [B, K] float32, local)`; H, W >= 29 (the final pool needs 8×8).
+      `(logits [B, K] float32, local)`; H, W >= 29 for `reference`, not adapted (the
+      final pool needs 8×8).
 
     Raises:
-      ConfigError: a depth that is not 6n + 4, a widen factor < 1 or a `feat_mult` that
-        leaves a stage without a channel; an unknown `nonlin` (when first applied).
+      ConfigError: a depth that is not 6n + 4, a widen factor < 1, a `feat_mult` that
+        leaves a stage without a channel or an unknown `final_pool`; an unknown
+        `nonlin` (when first applied).
 
     Implements the reference's Wide_ResNet (METHOD.md, Network).
     """
@@ -143,6 +157,7 @@ def WideResNet(  # noqa: N802 -- the reference's name
         )
     if widen_factor < 1:
         raise ConfigError(f"the Wide ResNet widen factor must be >= 1; got {widen_factor}.")
+    check_final_pool(final_pool)
     n = (depth - 4) // 6
     k = widen_factor
     stages = [16 * k if adapted else 16, 16 * k, 32 * k, 64 * k]
@@ -197,5 +212,8 @@ def WideResNet(  # noqa: N802 -- the reference's name
     layers[-1] = layers[-1].clone(
         final_norm=True, final_norm_affine=head is None, final_norm_momentum=_FINAL_BN_MOMENTUM
     )
-    layers.append(_max_pool2 if adapted else _avg_pool8)
+    if final_pool == "global":
+        layers.append(global_avg_pool)
+    else:
+        layers.append(_max_pool2 if adapted else _avg_pool8)
     return network(layers, num_classes, head, detach, dtype)

@@ -74,12 +74,13 @@ def benchmark(
     peak_size: int = 2048,
     conv_wgrad: str = "auto",
     compile_only: bool = False,
+    final_pool: str = "reference",
 ) -> dict[str, Any]:
     """Compiles and times one training step; see the module docstring.
 
     Args:
       model_name, loss, depth, num_hidden, feat_mult, bio, detach, dim_in_decoder,
-        nonlin, dropout: passed to `build_model` (depth = `num_layers`).
+        nonlin, dropout, final_pool: passed to `build_model` (depth = `num_layers`).
       batch_size: B.
       steps, warmup: timed and untimed steps (each timed step waits for its result).
       dtype: `float32` or `bfloat16` compute.
@@ -127,6 +128,7 @@ def benchmark(
         detach=detach,
         dim_in_decoder=dim_in_decoder,
         dtype=dtype,
+        final_pool=final_pool,
     )
     image_shape = (spec.image_size, spec.image_size, spec.channels)
     rng = np.random.default_rng(0)
@@ -159,6 +161,7 @@ def benchmark(
     result = {
         "model": model_name,
         "loss": loss,
+        "final_pool": final_pool,
         "depth": sum(isinstance(layer, LocalDense) for _, layer in model.named_layers()),
         "num_hidden": num_hidden,
         "batch_size": batch_size,

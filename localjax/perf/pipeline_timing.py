@@ -151,12 +151,13 @@ def benchmark_pipeline(
     dataset: str = "fashion_mnist",
     conv_wgrad: str = "auto",
     batches_per_epoch: int | None = None,
+    final_pool: str = "reference",
 ) -> dict[str, Any]:
     """Compiles and times the pipelined step of one configuration on every device.
 
     Args:
       model_name, loss, depth, num_hidden, feat_mult, bio, dim_in_decoder, nonlin,
-        dropout, dtype: passed to `build_model` (depth = `num_layers`).
+        dropout, dtype, final_pool: passed to `build_model` (depth = `num_layers`).
       num_stages: S; the devices form an S x (n / S) mesh (`make_pipeline_mesh`).
       cuts: the first block of stages 1..S−1; None balances them by counted FLOPs.
       batch_size: B.
@@ -198,6 +199,7 @@ def benchmark_pipeline(
         bio=bio,
         dim_in_decoder=dim_in_decoder,
         dtype=dtype,
+        final_pool=final_pool,
     )
     image_shape = (spec.image_size, spec.image_size, spec.channels)
     rng = np.random.default_rng(0)

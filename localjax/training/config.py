@@ -38,9 +38,10 @@ def validate(config, workdir: str) -> None:
     widths, classes_per_batch, cutout_length, seed, milestones (whole epochs >= 1), a
     sim/predsim batch of one example (batch_size=1, or a train_limit leaving one example
     over), conv_wgrad, dtype and nonlin names, the network itself (`model_from_config`:
-    unknown model or loss, head values, a conv width of 0 from feat_mult), the pipeline
-    fields (`pipeline_stages`, `pipeline_cuts`: docs/pipeline.md) and that the workdir can
-    be created and written (`check_workdir`). Creates nothing.
+    unknown model or loss, head values, a conv width of 0 from feat_mult, an unknown
+    final_pool or one on a model other than a (Wide) ResNet), the pipeline fields
+    (`pipeline_stages`, `pipeline_cuts`: docs/pipeline.md) and that the workdir can be
+    created and written (`check_workdir`). Creates nothing.
 
     Args:
       config: the run's `ml_collections.ConfigDict` (experiments/configs/default.py).
@@ -268,7 +269,7 @@ def model_from_config(config, num_classes: int) -> LocalNetwork:
       An unbound `LocalNetwork`.
 
     Raises:
-      ConfigError: an unknown model, loss, dtype or head setting.
+      ConfigError: an unknown model, loss, dtype, final_pool or head setting.
     """
     return build_model(
         config.model,
@@ -290,4 +291,5 @@ def model_from_config(config, num_classes: int) -> LocalNetwork:
         no_batch_norm=config.get("no_batch_norm", False),
         detach=config.get("detach", True),
         dtype=config.get("dtype", "float32"),
+        final_pool=config.get("final_pool", "reference"),
     )

@@ -87,6 +87,7 @@ LEGACY_VALUES = {
     "no_batch_norm": False,
     "data_pipeline": "auto",
     "image_size": 0,
+    "final_pool": "reference",
 }
 
 # `_read_newest`'s status for a refused resume (epochs are >= 0)
