@@ -286,6 +286,30 @@ def _folder_info(root: str, params: dict, seconds: float, reused: bool) -> dict[
     }
 
 
+def _write_folder(root: str, params: dict, write: Any) -> dict[str, Any]:
+    """The ImageFolder walk both writers share: unless `root` already holds a complete
+    folder of `params` (`num_files` training files over `num_classes` classes, one per
+    class in `val/`), marks it as being written, calls `write(folder, class name, index
+    in class, index over all files)` for every file, and marks it complete. Returns
+    `_folder_info`."""
+    if _complete(root, params):
+        return _folder_info(root, params, 0.0, True)
+    start = time.perf_counter()
+    num_files, num_classes = params["num_files"], params["num_classes"]
+    names = _class_names(num_classes)
+    _start_writing(root)
+    k_file = 0
+    for split, total in (("train", num_files), ("val", num_classes)):
+        for name, count in zip(names, _per_class(total, num_classes), strict=True):
+            folder = os.path.join(root, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for k in range(count):
+                write(folder, name, k, k_file)
+                k_file += 1
+    _finish_writing(root, params)
+    return _folder_info(root, params, time.perf_counter() - start, False)
+
+
 def write_image_folder(
     root: str,
     num_files: int,
@@ -334,21 +358,13 @@ def write_image_folder(
         quality=quality,
         seed=seed,
     )
-    if _complete(root, params):
-        return _folder_info(root, params, 0.0, True)
-    start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    names = _class_names(num_classes)
-    _start_writing(root)
-    for split, total in (("train", num_files), ("val", num_classes)):
-        for name, count in zip(names, _per_class(total, num_classes), strict=True):
-            folder = os.path.join(root, split, name)
-            os.makedirs(folder, exist_ok=True)
-            for k in range(count):
-                image = Image.fromarray(photo_like(rng, height, width), "RGB")
-                image.save(os.path.join(folder, f"{name}_{k}.JPEG"), quality=quality)
-    _finish_writing(root, params)
-    return _folder_info(root, params, time.perf_counter() - start, False)
+
+    def write(folder: str, name: str, k: int, k_file: int) -> None:
+        image = Image.fromarray(photo_like(rng, height, width), "RGB")
+        image.save(os.path.join(folder, f"{name}_{k}.JPEG"), quality=quality)
+
+    return _write_folder(root, params, write)
 
 
 def write_tiny_folder(
@@ -396,28 +412,20 @@ def write_tiny_folder(
         variants=variants,
         seed=seed,
     )
-    if _complete(root, params):
+    if _complete(root, params):  # before encoding the variants
         return _folder_info(root, params, 0.0, True)
-    start = time.perf_counter()
     rng = np.random.default_rng(seed)
     encoded = []
     for _ in range(variants):
         buffer = io.BytesIO()
         Image.fromarray(photo_like(rng, side, side), "RGB").save(buffer, "JPEG", quality=90)
         encoded.append(buffer.getvalue())
-    names = _class_names(num_classes)
-    _start_writing(root)
-    k_file = 0
-    for split, total in (("train", num_files), ("val", num_classes)):
-        for name, count in zip(names, _per_class(total, num_classes), strict=True):
-            folder = os.path.join(root, split, name)
-            os.makedirs(folder, exist_ok=True)
-            for k in range(count):
-                with open(os.path.join(folder, f"{name}_{k:07d}.JPEG"), "wb") as f:
-                    f.write(encoded[k_file % variants])
-                k_file += 1
-    _finish_writing(root, params)
-    return _folder_info(root, params, time.perf_counter() - start, False)
+
+    def write(folder: str, name: str, k: int, k_file: int) -> None:
+        with open(os.path.join(folder, f"{name}_{k:07d}.JPEG"), "wb") as f:
+            f.write(encoded[k_file % variants])
+
+    return _write_folder(root, params, write)
 
 
 # ------------------------------------------------------------------ the pipeline
