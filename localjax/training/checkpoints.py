@@ -134,22 +134,40 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _ignore_closed_loop_callbacks() -> None:
-    """Drops the "Event loop is closed" errors of a failed restore's in-flight reads.
+def _is_orbax_sibling_read(unraisable) -> bool:
+    """True for the unraisable reports of a failed restore's other in-flight reads.
 
     When one read of a restore fails, Orbax closes its asyncio loop while TensorStore
-    still completes the other reads; their callbacks then raise RuntimeError('Event loop
-    is closed') on a TensorStore thread, which Python prints as unraisable tracebacks
-    after the restore has already raised. Only that exact error is dropped; every other
-    unraisable exception goes to the previous hook.
+    still completes the other reads. Their callbacks then raise RuntimeError('Event loop
+    is closed') on a TensorStore thread, and the read coroutines that never finished
+    raise Orbax's 'Encountered error while reading array index' when they are
+    collected. Python prints each as an 'Exception ignored' traceback after the restore
+    has already raised and been reported in one line.
     """
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    # Orbax's read wraps every BaseException, so the GeneratorExit of closing an
+    # unfinished read comes back as its Exception with the GeneratorExit as cause
+    return (
+        code is not None
+        and "orbax" in code.co_filename
+        and isinstance(exc.__cause__, GeneratorExit)
+        and str(exc).startswith("Encountered error while reading array index")
+    )
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """Drops the unraisable reports of a failed restore's sibling reads
+    (`_is_orbax_sibling_read`); every other unraisable exception goes to the previous
+    hook, so a genuine bug keeps its traceback."""
     previous = sys.unraisablehook
     if getattr(previous, "_localjax_closed_loop_filter", False):
         return
 
     def hook(unraisable):
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        if _is_orbax_sibling_read(unraisable):
             return
         previous(unraisable)
 
