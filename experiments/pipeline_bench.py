@@ -30,7 +30,8 @@ one after another, so that nothing else of this benchmark runs beside the one ti
   from the stages with `process_allgather`); then it runs `--warmup_windows` untimed and
   `--windows` timed windows of `--window_steps` steps (ticks) each, the metrics of a
   window fetched at its end as the training loop fetches them every `sync_every` steps.
-  Throughput: the median over the timed windows of examples per second. The pipeline's
+  `--scan_steps=T` dispatches T steps (ticks) per program in the timed windows, for
+  every job alike. Throughput: the median over the timed windows of examples per second. The pipeline's
   processes also time their stage alone on their core, and the link between them
   (`ppermute` and `psum` of 4 KiB .. 32 MiB: latency and bandwidth, least squares).
 - `bytes`: for `--bytes_nets` (MLP 3 x 1024 on Fashion-MNIST, VGG8b and ResNet-18 on
@@ -92,6 +93,13 @@ flags.DEFINE_integer("check_batches", 8, "Batches whose metrics are compared.")
 flags.DEFINE_integer("windows", 10, "Timed windows.")
 flags.DEFINE_integer("window_steps", 16, "Steps (ticks) per window (the loop's sync_every).")
 flags.DEFINE_integer("warmup_windows", 2, "Untimed windows after the check batches.")
+flags.DEFINE_integer(
+    "scan_steps",
+    1,
+    "Steps (ticks) per dispatched program in the timed windows, for every job alike: the "
+    "fused step scanned over T batches (`make_multi_step`'s `lax.scan`), the pipeline's "
+    "tick over T ticks (`ticks_per_call`). Divides --window_steps.",
+)
 flags.DEFINE_list("cores", ["0", "1"], "The two cores the processes are pinned to.")
 flags.DEFINE_bool(
     "malloc_env",
@@ -141,6 +149,7 @@ FORWARD = (
     "windows",
     "window_steps",
     "warmup_windows",
+    "scan_steps",
     "data_dir",
     "bytes_nets",
     "bytes_devices",
@@ -239,7 +248,7 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
     from localjax.training.config import model_from_config
     from localjax.training.optimizer import make_optimizer
     from localjax.training.state import create_train_state
-    from localjax.training.steps import make_train_step
+    from localjax.training.steps import make_multi_step, make_train_step
 
     c = net_config(net)
     spec = data_lib.get_spec(c.dataset)
@@ -263,7 +272,16 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
     mesh = sharding.make_mesh()
     images, labels = sharding.put_replicated((train.images, train.labels), mesh)
     batches = [x for x in data_lib.epoch_order(train.labels, b, c.seed, 1) if len(x) == b]
-    n_check, k = FLAGS.check_batches, FLAGS.window_steps
+    n_check, k, t = FLAGS.check_batches, FLAGS.window_steps, FLAGS.scan_steps
+    if k % t:
+        raise app.UsageError(f"--scan_steps={t} must divide --window_steps={k}.")
+    box: dict[str, Any] = {"i": n_check}
+
+    def next_batches():  # [T, B]: the next T batches of the epoch, cycling
+        i = box["i"]
+        box["i"] += t
+        return np.stack([batches[j % len(batches)] for j in range(i, i + t)])
+
     out: dict[str, Any] = {
         "config": {
             key: c[key]
@@ -314,18 +332,18 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
         out["final_step"] = int(jax.device_get(state.step))
 
         t0 = time.perf_counter()
-        box = {"buffers": pipe.pack(state), "carry": pipe.init_carry(b), "i": n_check}
+        box |= {"buffers": pipe.pack(state), "carry": pipe.init_carry(b)}
         del state
         jax.block_until_ready(box["buffers"])
         out["pack_seconds"] = time.perf_counter() - t0
         one = np.ones((1, pipe.num_stages), bool)  # every stage holds a batch
+        steady = np.ones((t, pipe.num_stages), bool)
 
         def window() -> float:
             pending = []
             start = time.perf_counter()
-            for _ in range(k):
-                idx, feed = pipe.put_feed(batches[box["i"] % len(batches)][None], one)
-                box["i"] += 1
+            for _ in range(k // t):
+                idx, feed = pipe.put_feed(next_batches(), steady)
                 box["buffers"], box["carry"], m = pipe.tick(
                     box["buffers"], box["carry"], images, labels, idx, feed, steady=True
                 )
@@ -386,6 +404,14 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
             with conv_wgrad_context(c.conv_wgrad):
                 return step_fn(s, im[idx], lb[idx])
 
+        multi_fn = make_multi_step(model, tx, preprocess=preprocess, seed=c.seed)
+
+        def scanned_step(s, im, lb, idx_bt):  # idx [B, T]: split over `data` along B
+            # gathered before the scan: indexing a replicated array by data-sharded
+            # indices inside the scan made the partitioner's dp program 50x slower
+            with conv_wgrad_context(c.conv_wgrad):
+                return multi_fn(s, jnp.swapaxes(im[idx_bt], 0, 1), lb[idx_bt].T)
+
         state = sharding.put_replicated(host_state, mesh)
         compiled = (
             sharding.data_parallel(step, mesh)
@@ -400,15 +426,21 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
         out["check_seconds"] = time.perf_counter() - t0
         out["param_sums"] = _param_sums(state.params)
         out["final_step"] = int(jax.device_get(state.step))
-        box = {"state": state, "i": n_check}
+        box["state"] = state
         del state
+        if t > 1:
+            compiled = (
+                sharding.data_parallel(scanned_step, mesh)
+                .lower(box["state"], images, labels, sharding.put_batch(next_batches().T, mesh))
+                .compile()
+            )
 
         def window() -> float:
             pending = []
             start = time.perf_counter()
-            for _ in range(k):
-                idx = sharding.put_batch(batches[box["i"] % len(batches)], mesh)
-                box["i"] += 1
+            for _ in range(k // t):
+                idx = next_batches()
+                idx = sharding.put_batch(idx[0] if t == 1 else idx.T, mesh)
                 box["state"], m = compiled(box["state"], images, labels, idx)
                 pending.append(m)
             fetch(pending)
@@ -423,6 +455,7 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
         "window_examples_per_s": eps,
         "examples_per_s": statistics.median(eps),
         "step_seconds": statistics.median(seconds) / k,
+        "scan_steps": t,
     }
     return out
 
