@@ -127,7 +127,14 @@ class CheckpointLayoutError(ConfigError):
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
-    """`Type: first line of the message`, shortened: the reason in a one-line message."""
+    """`Type: first line of the message`, shortened: the reason in a one-line message.
+
+    Orbax wraps a failed read in an Exception whose first line ends in a repr of the
+    TensorStore; the TensorStore error it was raised from (its `__cause__`, e.g.
+    `ValueError: OUT_OF_RANGE: Error reading "params.../0.0" ...`) names the damaged file.
+    """
+    while error.__cause__ is not None and "See full TensorStore details" in str(error):
+        error = error.__cause__
     text = str(error).strip().splitlines()
     text = text[0].strip() if text else ""
     text = f"{type(error).__name__}: {text}" if text else type(error).__name__
