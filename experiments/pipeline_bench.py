@@ -31,9 +31,10 @@ one after another, so that nothing else of this benchmark runs beside the one ti
   `--windows` timed windows of `--window_steps` steps (ticks) each, the metrics of a
   window fetched at its end as the training loop fetches them every `sync_every` steps.
   `--scan_steps=T` dispatches T steps (ticks) per program in the timed windows, for
-  every job alike. Throughput: the median over the timed windows of examples per second. The pipeline's
-  processes also time their stage alone on their core, and the link between them
-  (`ppermute` and `psum` of 4 KiB .. 32 MiB: latency and bandwidth, least squares).
+  every job alike. Throughput: the median over the timed windows of examples per
+  second. The pipeline's processes also time their stage alone on their core, and the
+  link between them (`ppermute` and `psum` of 4 KiB .. 32 MiB: latency and bandwidth,
+  least squares).
 - `bytes`: for `--bytes_nets` (MLP 3 x 1024 on Fashion-MNIST, VGG8b and ResNet-18 on
   CIFAR-10, batch `--batch_size`, the recipes' sizes), on n = `--bytes_devices` devices:
   what one device sends per step in a pipeline of n stages (the activation at each cut,

@@ -321,17 +321,18 @@ if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
 
 
-_SIBLING_READ = '''
+_SIBLING_READ = """
 async def read(future):
     try:
         await future
     except BaseException as e:
         raise Exception("Encountered error while reading array index: (). See full") from e
-'''
+"""
 
 
 @pytest.mark.parametrize(
-    "filename, dropped", [("/site-packages/orbax/checkpoint/serialization.py", True), ("mine.py", False)]
+    "filename, dropped",
+    [("/site-packages/orbax/checkpoint/serialization.py", True), ("mine.py", False)],
 )
 def test_only_orbax_reads_closed_unfinished_after_a_failed_restore_are_silenced(
     monkeypatch, filename, dropped

@@ -7,12 +7,12 @@ checkpoint into the shared `checkpoints/`, and on resume reads them back itself.
 import glob
 import json
 import os
-import shutil
 import socket
 import subprocess
 
 import numpy as np
 from conftest import cli, make_tiny_config, read_records
+from test_resume_faults import _damage
 
 from localjax.training import loop as train
 from localjax.training import streamed
@@ -83,14 +83,17 @@ def test_two_processes_share_one_checkpoint_dir_resume_exactly_and_agree_with_on
         assert os.listdir(run / "checkpoints" / "2" / "state" / f"ocdbt.process_{pid}"), pid
     saved = _saved(run, 2)
 
-    # checkpoint 2 removed: both processes read their shards of checkpoint 1 and train
-    # epoch 2 again: exactly the first run's metrics and arrays. (A *damaged* checkpoint
-    # in a two-process run once hung here, 1 run in 3 under load; that path is tested in
-    # one process, tests/test_resume_faults.py, until the hang is understood.)
-    shutil.rmtree(run / "checkpoints" / "2")
+    # checkpoint 2 damaged: both processes fail to read it and agree to pass it over
+    # (reads go to Orbax's handlers, which hold no barrier a failed read could leave the
+    # other process waiting at), read their shards of checkpoint 1 and train epoch 2
+    # again: exactly the first run's metrics and arrays
+    _damage(str(run / "checkpoints" / "2"))
     again = _run_two_processes(tiny_data_dir, run, **common)
     out0, out1 = again[0][0], again[1][0]
+    skipped = [line for line in out0.splitlines() if "checkpoint 2" in line]
+    assert len(skipped) == 1 and "resuming from checkpoint 1" in skipped[0], out0
     assert "resuming after epoch 1" in out0 and "epoch" not in out1
+    assert os.path.isdir(run / "unreadable_checkpoints" / "2")
     assert read_records(run) == records
     resumed = _saved(run, 2)
     flat, flat_resumed = (
