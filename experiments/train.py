@@ -11,7 +11,7 @@ resumes it. Uses every device; for N hosts add, on host i,
     --config.coordinator_address=host0:1234 --config.num_processes=N --config.process_id=i
 
 (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID). bfloat16 compute:
---config.dtype=bfloat16. See README.md, "Scaling up".
+--config.dtype=bfloat16. See README.md, "At scale", and docs/scaling.md.
 """
 
 import difflib

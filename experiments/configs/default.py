@@ -15,7 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_source = "auto"  # auto (files, else .npz cache, else TFDS) | files | tfds
     c.train_limit = 0  # use only the first N training examples; 0 = all
     c.test_limit = 0  # evaluate on the first N test examples only; 0 = all (quick runs)
-    # where the data lives during training (docs/datasets.md, "ImageNet and streaming"):
+    # where the data lives during training (docs/datasets.md, "ImageNet, image folders
+    # and streaming"):
     # auto = on the device when its uint8 training images take <= 4 GiB, else streamed
     c.data_pipeline = "auto"  # auto | memory (on device, augmented in the step) | stream
     c.image_size = 0  # px of any-size (JPEG) datasets' crops; 0 = the dataset's (ImageNet 224)

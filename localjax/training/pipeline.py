@@ -146,8 +146,8 @@ def check_pipelinable(model: Any, num_stages: int, loss: str | None = None) -> N
     Raises:
       ConfigError: the backprop baseline or deep supervision (`detach=False`: the
         gradient crosses blocks), a model that is not a `LocalNetwork`, or more stages
-        than blocks (for any S >= 1: `make_pipeline` builds S = 1 too; the loop uses the
-        fused step there).
+        than blocks, or S < 1 (for any S >= 1: `make_pipeline` builds S = 1 too; the loop
+        uses the fused step there).
 
     Implements issue 16 item 4.
     """
@@ -198,8 +198,8 @@ def describe(pipe: Pipeline) -> str:
       pipe: a `Pipeline`.
 
     Returns:
-      str, e.g. `pipelined over 2 stages x 2 data devices: blocks 0-1 | 2 (FLOPs 52% |
-      48%), state padding 3%`.
+      str to append to the banner, with its leading comma, e.g. `, pipelined over 2 stages
+      x 2 data devices: blocks 0-1 | 2 (FLOPs 52% | 48%), state padding 3%`.
     """
     total = sum(pipe.stage_flops) or 1.0
     blocks = " | ".join(
@@ -267,7 +267,7 @@ class Pipeline:
       stage_fns: per stage, the un-jitted work of one tick `(buffers {slot: [L]},
         activation [B, A], labels [B], valid, images, all labels, idx [B]) ->
         (buffers, output [B, A], labels, metrics)` (for timing a stage alone).
-      tick: jitted `(buffers, carry, images, labels, idx [T, B], valid [T, S] bool,
+      tick: jitted `(buffers, carry, images, all_labels, idx [T, B], valid [T, S] bool,
         steady=False) -> (buffers, carry, metrics)`, the arrays of `put_feed`, with
         `metrics` `[T, S, K + 2]` uint32 words (`metrics_dict` reads them: float32 sums of
         the batch each stage held, int32 `step`, bool `valid`); the carry is donated,

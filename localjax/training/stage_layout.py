@@ -88,7 +88,8 @@ def from_flat(act: jax.Array, spec: Any) -> Any:
 
     Args:
       act: `[B, A]` array.
-      spec: the activation's structure, per-example shapes and dtypes (any batch size).
+      spec: the activation's structure: `[b, ...]` shapes (any b: the first axis is
+        replaced by B) and dtypes.
 
     Returns:
       The pytree of `[B, ...]` arrays, cast back to `spec`'s dtypes.
@@ -112,7 +113,8 @@ class StageLayout:
 
     Attributes:
       lengths: `{slot name: L}`, elements per stage of each slot, names sorted as JAX
-        sorts dict keys (`'<dtype>/<k>'` for a large-leaf slot, `'<dtype>/small'`).
+        sorts dict keys (`'<dtype>/<k>'`, k zero-padded to 4 digits, e.g.
+        `'float32/0000'`, for a large-leaf slot; `'<dtype>/small'`).
       dtypes: `{slot name: numpy dtype}`.
       used: per stage, the bytes its leaves occupy (the rest of its rows is padding).
 
@@ -176,11 +178,16 @@ class StageLayout:
 
         Args:
           stage: s.
-          tree: a pytree of stage s's template structure.
+          tree: a pytree of stage s's template structure, shapes and dtypes (a leaf of
+            another dtype is not cast: its slot's row comes back in that dtype).
 
         Returns:
           `{slot: [L_slot]}` arrays of the slots' dtypes; slots stage s does not use are
           zeros.
+
+        Raises:
+          ValueError: `tree` is not of stage s's template structure.
+          IndexError: no stage s.
         """
         leaves = self._treedefs[stage].flatten_up_to(tree)
         parts: dict[str, list[jax.Array]] = {n: [] for n in self.lengths}
