@@ -274,8 +274,6 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
     images, labels = sharding.put_replicated((train.images, train.labels), mesh)
     batches = [x for x in data_lib.epoch_order(train.labels, b, c.seed, 1) if len(x) == b]
     n_check, k, t = FLAGS.check_batches, FLAGS.window_steps, FLAGS.scan_steps
-    if k % t:
-        raise app.UsageError(f"--scan_steps={t} must divide --window_steps={k}.")
     box: dict[str, Any] = {"i": n_check}
 
     def next_batches():  # [T, B]: the next T batches of the epoch, cycling
@@ -1135,6 +1133,11 @@ def _apply_small() -> None:
 def _launcher() -> None:
     if FLAGS.small:
         _apply_small()
+    if FLAGS.scan_steps < 1 or FLAGS.window_steps % FLAGS.scan_steps:
+        raise app.UsageError(
+            f"--scan_steps={FLAGS.scan_steps} must be >= 1 and divide "
+            f"--window_steps={FLAGS.window_steps}."
+        )
     cores = {int(c) for c in FLAGS.cores}
     if FLAGS.pin and not cores <= os.sched_getaffinity(0):
         raise app.UsageError(f"--cores {sorted(cores)} are not all available to this process.")
