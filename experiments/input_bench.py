@@ -74,6 +74,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
+from experiments.bench_record import finish_record, load_average, start_record
+
 __all__ = [
     "photo_like",
     "write_image_folder",
@@ -150,10 +152,6 @@ SMALL = {
 
 
 # ------------------------------------------------------------------ /proc readings
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def _process_tree(pid: int | None = None) -> list[int]:
     """`pid` (default this process) and its descendants (Linux; [pid] elsewhere)."""
     pid = os.getpid() if pid is None else pid
@@ -523,7 +521,7 @@ def measure_per_image(root: str, *, image_size: int, count: int, seed: int = 0) 
 
     if count < 1:
         raise ValueError(f"count={count} must be >= 1.")
-    load_before = _load()
+    load_before = load_average()
     train, _ = sources.open_sources(data_lib.get_spec("imagenet"), root, "files")
     first = train.read(0)  # untimed: imports PIL, warms the file cache
     transforms.train_transform(first, image_size, np.random.default_rng([seed, 0]))
@@ -549,7 +547,7 @@ def measure_per_image(root: str, *, image_size: int, count: int, seed: int = 0) 
         "images_per_s": 1000 / total_ms,
         "cpu_ms": 1000 * cpu / count,
         "source_shape": list(first.shape),
-        "load": [load_before, _load()],
+        "load": [load_before, load_average()],
     }
 
 
@@ -601,7 +599,7 @@ def measure_throughput(
             f"warmup_batches={warmup_batches} and windows={windows} must be >= 1, "
             f"window_batches={window_batches} >= 0."
         )
-    load_before = _load()
+    load_before = load_average()
     threads = min(16, os.cpu_count() or 1)  # BatchStream's default, as the loop uses it
     buffered = workers * (prefetch + 1) if workers else max(prefetch, threads) + threads
     warmup = warmup_batches + buffered
@@ -661,7 +659,7 @@ def measure_throughput(
         "cores_busy": None if cpu_total is None else cpu_total / wall_total,
         "epoch_files": len(source),
         "image_shape": shape,
-        "load": [load_before, _load()],
+        "load": [load_before, load_average()],
     }
 
 
@@ -866,7 +864,6 @@ def _launcher() -> None:
         )
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="input_bench_")
     os.makedirs(workdir, exist_ok=True)
-    start = time.time()
     settings = (
         "image_size",
         "batch_size",
@@ -891,16 +888,8 @@ def _launcher() -> None:
         "seed",
         "small",
     )
-    summary: dict[str, Any] = {
-        "command": " ".join(sys.argv),
-        "cores": os.cpu_count(),
-        "load_at_start": _load(),
-        "workdir": workdir,
-        "settings": {name: FLAGS[name].value for name in settings},
-    }
-    print(
-        f"input_bench: workdir {workdir}, {os.cpu_count()} cores, load {summary['load_at_start']}",
-        flush=True,
+    summary = start_record(
+        "input_bench", workdir, settings={name: FLAGS[name].value for name in settings}
     )
     photos = os.path.join(workdir, "photos")
     if {"per_image", "throughput"} & set(FLAGS.parts):
@@ -973,14 +962,7 @@ def _launcher() -> None:
                     rows.append(r)
             summary["memory"] = rows
             _print_memory(rows)
-    summary["load_at_end"] = _load()
-    summary["wall_seconds"] = time.time() - start
-    print(f"done in {summary['wall_seconds']:.0f} s, load {summary['load_at_end']}", flush=True)
-    if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, "w") as f:
-            json.dump(summary, f, indent=1)
-        print(f"wrote {FLAGS.out}")
+    finish_record(summary, FLAGS.out)
 
 
 def main(argv):

@@ -71,6 +71,8 @@ from typing import Any
 
 from absl import app, flags
 
+from experiments.bench_record import finish_record, load_average, start_record
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("role", "launcher", ["launcher", "worker"], "launcher runs the parts.")
 flags.DEFINE_list("parts", ["concurrency", "bytes", "model"], "Parts to run, in this order.")
@@ -168,10 +170,6 @@ MALLOC_ENV = {
 LINK_SIZES = (4 << 10, 64 << 10, 512 << 10, 4 << 20, 32 << 20)
 
 
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def net_config(name: str, full_size: bool = False):
     """The recipe's config of network `name`, with the size overrides (unless
     `full_size`) and `--batch_size`."""
@@ -211,7 +209,7 @@ def _worker() -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
         "collectives": jax.config.jax_cpu_collectives_implementation,
-        "load_before": _load(),
+        "load_before": load_average(),
     }
     if FLAGS.job in ("pipeline", "fused", "dp"):
         result.update(_concurrency_job(FLAGS.job, FLAGS.net))
@@ -221,7 +219,7 @@ def _worker() -> dict[str, Any]:
         result.update(_model_job())
     else:
         raise app.UsageError(f"unknown job {FLAGS.job!r}.")
-    result["load_after"] = _load()
+    result["load_after"] = load_average()
     return result
 
 
@@ -740,7 +738,7 @@ def _model_job() -> dict[str, Any]:
             "output_flops": out_cost,
             "stages": [],
         }
-        print(f"{net}: fused {1e3 * fused_s:.1f} ms (load {_load()})", flush=True)
+        print(f"{net}: fused {1e3 * fused_s:.1f} ms (load {load_average()})", flush=True)
         for s in (int(x) for x in FLAGS.model_stages):
             if s > num_blocks(model) or s > len(jax.devices()):
                 continue
@@ -804,7 +802,7 @@ def _model_job() -> dict[str, Any]:
             print(
                 f"  {s} stages (cuts {list(pipe.cuts)}): "
                 + " | ".join(f"{1e3 * t:.1f}" for t in times)
-                + f" ms, ideal {ideal:.2f}x (load {_load()})",
+                + f" ms, ideal {ideal:.2f}x (load {load_average()})",
                 flush=True,
             )
         nets.append(entry)
@@ -1143,14 +1141,7 @@ def _launcher() -> None:
         raise app.UsageError(f"--cores {sorted(cores)} are not all available to this process.")
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="pipeline_bench_")
     os.makedirs(workdir, exist_ok=True)
-    start = time.time()
-    summary: dict[str, Any] = {
-        "command": " ".join(sys.argv),
-        "cores": os.cpu_count(),
-        "load_at_start": _load(),
-        "workdir": workdir,
-    }
-    print(f"pipeline_bench: workdir {workdir}, load {summary['load_at_start']}", flush=True)
+    summary = start_record("pipeline_bench", workdir)
     concurrency = None
     for part in FLAGS.parts:
         if part == "concurrency":
@@ -1161,14 +1152,7 @@ def _launcher() -> None:
             summary["model"] = _model(workdir, concurrency)
         else:
             raise app.UsageError(f"unknown part {part!r}; choose concurrency, bytes, model.")
-    summary["load_at_end"] = _load()
-    summary["wall_seconds"] = time.time() - start
-    print(f"done in {summary['wall_seconds']:.0f} s, load {summary['load_at_end']}", flush=True)
-    if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, "w") as f:
-            json.dump(summary, f, indent=1)
-        print(f"wrote {FLAGS.out}")
+    finish_record(summary, FLAGS.out)
 
 
 def main(argv):
