@@ -233,15 +233,32 @@ def _lock_workdir(workdir: str, primary: bool) -> WorkdirLock | None:
     return lock
 
 
-def _setup_locked(config, workdir: str, mesh, primary: bool, lock, pipeline_mesh=None) -> _Run:
-    """`_setup` once the workdir is locked: data, model, state, restore, compiled steps
-    (and, with `pipeline_mesh`, the pipeline's stages and programs)."""
-    spec = data_lib.get_spec(config.dataset)
-    train, test = (_load_split(config, split) for split in ("train", "test"))
+def fresh_state(config, spec, num_train: int, images, labels):
+    """The model, optimizer, steps per epoch and freshly initialised state of a run.
 
+    Shared by the in-memory loop and the streamed one (`training.streamed`), so both
+    build the same model and initial state from the same config.
+
+    Args:
+      config: the run's config (`model_from_config`'s fields, `batch_size`, `lr`,
+        `milestones`, `lr_decay`, `optim`, `momentum`, `weight_decay`, `seed`).
+      spec: the dataset's `DatasetSpec` (classes, normalisation).
+      num_train: N, training examples per epoch.
+      images: `[2, H, W, C]` uint8 sample images (only their shapes matter).
+      labels: `[2]` integer sample labels.
+
+    Returns:
+      `(model, tx, steps_per_epoch, host_state)`: the network, the optax optimizer (its
+      milestone schedule in epochs of ceil(N / batch_size) steps), that step count, and
+      the `TrainState` from `jax.random.key(config.seed)` as host NumPy arrays.
+
+    Raises:
+      ConfigError: an unknown model or optimizer setting, or a last batch that cannot be
+        split over the devices (`check_last_batch`).
+    """
     model = model_from_config(config, spec.num_classes)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    check_last_batch(config, len(train))
+    steps_per_epoch = math.ceil(num_train / config.batch_size)
+    check_last_batch(config, num_train)
     tx = make_optimizer(
         config.lr,
         tuple(config.milestones),
@@ -251,11 +268,21 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock, pipeline_mesh
         momentum=config.get("momentum", 0.0),
         weight_decay=config.get("weight_decay", 0.0),
     )
-    sample = data_lib.normalize(jnp.asarray(train.images[:2]), spec)
+    sample = data_lib.normalize(jnp.asarray(images), spec)
     host_state = jax.device_get(
-        create_train_state(
-            model, tx, jax.random.key(config.seed), sample, jnp.asarray(train.labels[:2])
-        )
+        create_train_state(model, tx, jax.random.key(config.seed), sample, jnp.asarray(labels))
+    )
+    return model, tx, steps_per_epoch, host_state
+
+
+def _setup_locked(config, workdir: str, mesh, primary: bool, lock, pipeline_mesh=None) -> _Run:
+    """`_setup` once the workdir is locked: data, model, state, restore, compiled steps
+    (and, with `pipeline_mesh`, the pipeline's stages and programs)."""
+    spec = data_lib.get_spec(config.dataset)
+    train, test = (_load_split(config, split) for split in ("train", "test"))
+
+    model, tx, steps_per_epoch, host_state = fresh_state(
+        config, spec, len(train), train.images[:2], train.labels[:2]
     )
     # every process: each writes and reads its own shards of the shared checkpoints dir
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep)

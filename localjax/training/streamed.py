@@ -38,14 +38,12 @@ What differs:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -65,17 +63,16 @@ from localjax.training.checkpoints import (
     UnreadableCheckpoint,
     gather_json,
 )
-from localjax.training.config import check_last_batch, model_from_config, validate
+from localjax.training.config import validate
 from localjax.training.metric_writer import MetricWriter
 from localjax.training.metrics import check_finite, drain
-from localjax.training.optimizer import epoch_learning_rate, make_optimizer
+from localjax.training.optimizer import epoch_learning_rate
 from localjax.training.resume import (
     _resume_mismatch,
     restore,
     resumed_history,
     trajectory_config,
 )
-from localjax.training.state import create_train_state
 from localjax.training.steps import make_eval_step, make_train_step
 
 __all__ = ["wants_stream", "check_data_config", "train_and_evaluate", "MID_DIR"]
@@ -279,28 +276,13 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _StreamRun
             f"classes_per_batch={config.classes_per_batch} exceeds the {spec.num_classes} "
             f"classes of {train.describe()}; use at most {spec.num_classes}."
         )
-    model = model_from_config(config, spec.num_classes)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    check_last_batch(config, len(train))
-    tx = make_optimizer(
-        config.lr,
-        tuple(config.milestones),
-        steps_per_epoch,
-        config.lr_decay,
-        optim=config.get("optim", "adam"),
-        momentum=config.get("momentum", 0.0),
-        weight_decay=config.get("weight_decay", 0.0),
-    )
     channels = 3 if spec.variable_size else spec.channels
-    sample = jnp.zeros((2, spec.image_size, spec.image_size, channels), jnp.uint8)
-    host_state = jax.device_get(
-        create_train_state(
-            model,
-            tx,
-            jax.random.key(config.seed),
-            data_lib.normalize(sample, spec),
-            jnp.zeros((2,), jnp.int32),
-        )
+    model, tx, steps_per_epoch, host_state = loop_lib.fresh_state(
+        config,
+        spec,
+        len(train),
+        np.zeros((2, spec.image_size, spec.image_size, channels), np.uint8),
+        np.zeros((2,), np.int32),
     )
     # every process: each writes and reads its own shards of the shared directories
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep)
