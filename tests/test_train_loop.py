@@ -101,6 +101,7 @@ def test_bfloat16_fashion_mnist_lands_within_half_a_point_of_float32(tmp_path):
         (dict(train_limit=1), r"train_limit=1 with batch_size=16 .* Use train_limit >= 2"),
         (dict(model="vgg8b", feat_mult=0.0), r"feat_mult=0.0 leaves vgg8b's narrowest conv"),
         (dict(loss="simpred"), r"unknown loss 'simpred'"),
+        (dict(loss="bio"), r"unknown loss 'bio'.*bio is a switch, not a loss: --config.bio=True"),
         (dict(nonlin="tanh"), r"unknown nonlinearity 'tanh'"),
         (dict(beta=1.5), r"beta and alpha must be in \[0, 1\]"),
         (dict(momentum=0.9), r"momentum=0.9 applies to optim='sgd' only"),
@@ -205,3 +206,14 @@ def test_config_switches_reach_the_model(tiny_config):
     assert all(b.batch_norm for name, b in plain.named_layers() if name)
     no_bn = model_from_config(tiny_config(model="resnet18", no_batch_norm=True), 10)
     assert not any(b.batch_norm for name, b in no_bn.named_layers() if name)
+
+
+def test_the_banner_names_bio_and_a_run_without_local_classifiers_prints_no_local_errors(
+    tiny_config, tmp_path, capsys
+):
+    # sim with bio trains no local classifier: an empty "local errors []" said nothing
+    train.train_and_evaluate(tiny_config(epochs=1, loss="sim", bio=True), str(tmp_path))
+    out = capsys.readouterr().out
+    assert "mlp sim, bio (float32) on" in out, out
+    epoch_line = next(line for line in out.splitlines() if line.startswith("epoch   1"))
+    assert "local errors" not in epoch_line and "test loss" in epoch_line, epoch_line

@@ -157,7 +157,12 @@ def build_model(
             "strided convolutions; use unsup='none' or 'sim'."
         )
     if loss not in LOSS_MODES:
-        raise ConfigError(f"unknown loss {loss!r}; choose one of {list(LOSS_MODES)}.")
+        hint = (
+            " (bio is a switch, not a loss: --config.bio=True with pred, sim or predsim)"
+            if loss == "bio"
+            else ""
+        )
+        raise ConfigError(f"unknown loss {loss!r}; choose one of {list(LOSS_MODES)}{hint}.")
     dtype = compute_dtype(dtype)
     head = None
     if loss != "backprop":

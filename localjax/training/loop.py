@@ -400,8 +400,10 @@ def _banner(run: _Run) -> str:
     )
     if run.pipeline is not None:
         resumed = pipeline_lib.describe(run.pipeline) + resumed
+    # bio changes how every local head learns (feedback alignment): name it with the loss
+    loss = f"{c.loss}, bio" if c.get("bio", False) else c.loss
     return (
-        f"{c.model} {c.loss} ({c.get('dtype', 'float32')}) on {c.dataset}: "
+        f"{c.model} {loss} ({c.get('dtype', 'float32')}) on {c.dataset}: "
         f"{len(run.train)} train / {len(run.test)} test examples, "
         f"{run.params_inference:,} inference parameters ({run.params_total:,} with local "
         f"heads), {run.steps_per_epoch} steps per epoch, {run.mesh.size} device(s) in "
@@ -504,11 +506,13 @@ def _record_and_save(run: _Run, state, epoch: int, record: dict[str, Any]) -> No
     if save:
         run.checkpoint_epoch = epoch
     local = " ".join(f"{record[k]:.2f}" for k in record if k.startswith("local_error/"))
+    # sim and bio train no local classifier, so there is no local error to show
+    local = f"local errors [{local}]  " if local else ""
     run.say(
         f"epoch {epoch:3d}  lr {record['lr']:.2e}  "
         f"train loss {record['train_loss']:.4f} error {record['train_error']:.2f}%  "
         f"test loss {record['test_loss']:.4f} error {record['test_error']:.2f}%  "
-        f"local errors [{local}]  {record['epoch_seconds']:.1f}s"
+        f"{local}{record['epoch_seconds']:.1f}s"
     )
 
 

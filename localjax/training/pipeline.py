@@ -208,7 +208,8 @@ def describe(pipe: Pipeline) -> str:
     )
     shares = " | ".join(f"{100 * f / total:.0f}%" for f in pipe.stage_flops)
     return (
-        f", pipelined over {pipe.num_stages} stages x {pipe.data_size} data devices: blocks "
+        f", pipelined over {pipe.num_stages} stages x {pipe.data_size} data "
+        f"device{'s' if pipe.data_size > 1 else ''}: blocks "
         f"{blocks} (FLOPs {shares}), state padding {100 * pipe.padding_waste():.0f}%"
     )
 

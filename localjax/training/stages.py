@@ -108,10 +108,14 @@ def check_cuts(cuts: Sequence[int], n_blocks: int, num_stages: int) -> tuple[int
         a < b for a, b in zip((0, *cuts), (*cuts, n_blocks), strict=True)
     )
     if not ok:
+        what = (
+            "1 block index"
+            if num_stages == 2
+            else f"{num_stages - 1} strictly increasing block indices"
+        )
         raise ConfigError(
-            f"pipeline_cuts={cuts} must be {num_stages - 1} strictly increasing block "
-            f"indices in 1..{n_blocks - 1} (the first block of each stage after the "
-            "first), or () to balance the stages by FLOPs."
+            f"pipeline_cuts={cuts} must be {what} in 1..{n_blocks - 1} (the first block "
+            "of each stage after the first), or () to balance the stages by FLOPs."
         )
     return cuts
 
