@@ -130,7 +130,8 @@ def make_pipeline_mesh(devices: Any, num_stages: int) -> Mesh:
         raise ConfigError(
             f"pipeline_stages={num_stages} does not divide the {n} devices: every stage "
             f"gets the same number of data-parallel devices; use a pipeline_stages that "
-            f"divides {n} (or set num_devices to a multiple of {num_stages})."
+            f"divides {n} (or set num_devices to a multiple of {num_stages}, with a "
+            "batch_size and an eval_batch_size that divide over them)."
         )
     return Mesh(flat.reshape(num_stages, n // num_stages), (STAGE, DATA))
 
