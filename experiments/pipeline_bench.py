@@ -404,8 +404,7 @@ def _concurrency_job(job: str, net: str) -> dict[str, Any]:
         multi_fn = make_multi_step(model, tx, preprocess=preprocess, seed=c.seed)
 
         def scanned_step(s, im, lb, idx_bt):  # idx [B, T]: split over `data` along B
-            # gathered before the scan: indexing a replicated array by data-sharded
-            # indices inside the scan made the partitioner's dp program 50x slower
+            # the T batches gathered first: make_multi_step scans over [T, B, ...] images
             with conv_wgrad_context(c.conv_wgrad):
                 return multi_fn(s, jnp.swapaxes(im[idx_bt], 0, 1), lb[idx_bt].T)
 

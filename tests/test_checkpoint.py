@@ -347,7 +347,7 @@ def test_only_orbax_reads_closed_unfinished_after_a_failed_restore_are_silenced(
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    checkpoints._ignore_closed_loop_callbacks()
+    checkpoints._ignore_orbax_sibling_reads()
     namespace = {}
     exec(compile(_SIBLING_READ, filename, "exec"), namespace)
     loop = asyncio.new_event_loop()

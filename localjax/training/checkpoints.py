@@ -165,12 +165,12 @@ def _is_orbax_sibling_read(unraisable) -> bool:
     )
 
 
-def _ignore_closed_loop_callbacks() -> None:
+def _ignore_orbax_sibling_reads() -> None:
     """Drops the unraisable reports of a failed restore's sibling reads
     (`_is_orbax_sibling_read`); every other unraisable exception goes to the previous
     hook, so a genuine bug keeps its traceback."""
     previous = sys.unraisablehook
-    if getattr(previous, "_localjax_closed_loop_filter", False):
+    if getattr(previous, "_localjax_sibling_read_filter", False):
         return
 
     def hook(unraisable):
@@ -178,7 +178,7 @@ def _ignore_closed_loop_callbacks() -> None:
             return
         previous(unraisable)
 
-    hook._localjax_closed_loop_filter = True
+    hook._localjax_sibling_read_filter = True
     sys.unraisablehook = hook
     # the sibling reads of a failed restore also end as asyncio tasks whose exception
     # nobody retrieves; asyncio logs each with a traceback when it is collected, after
@@ -203,7 +203,7 @@ def _quiet_orbax():
     """Orbax logs a warning per missing or bad metadata file it meets while listing or
     restoring checkpoints; an unreadable checkpoint is reported in one line of our own
     instead (`training.resume`), and one that restores needs no report."""
-    _ignore_closed_loop_callbacks()
+    _ignore_orbax_sibling_reads()
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.FATAL)
     try:

@@ -284,6 +284,7 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock, pipeline_mesh
     model, tx, steps_per_epoch, host_state = fresh_state(
         config, spec, len(train), train.images[:2], train.labels[:2]
     )
+    params_inference, params_total = count_params(host_state.params)
     # every process: each writes and reads its own shards of the shared checkpoints dir
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep)
     run = _Run(
@@ -296,8 +297,8 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock, pipeline_mesh
         test=test,
         model=model,
         steps_per_epoch=steps_per_epoch,
-        params_inference=count_params(host_state.params)[0],
-        params_total=count_params(host_state.params)[1],
+        params_inference=params_inference,
+        params_total=params_total,
         ckpt=ckpt,
         last_epoch=0,
         step_count=0,

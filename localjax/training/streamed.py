@@ -284,6 +284,7 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _StreamRun
         np.zeros((2, spec.image_size, spec.image_size, channels), np.uint8),
         np.zeros((2,), np.int32),
     )
+    params_inference, params_total = count_params(host_state.params)
     # every process: each writes and reads its own shards of the shared directories
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep)
     mid = None
@@ -305,8 +306,8 @@ def _setup_locked(config, workdir: str, mesh, primary: bool, lock) -> _StreamRun
         test=test,
         model=model,
         steps_per_epoch=steps_per_epoch,
-        params_inference=count_params(host_state.params)[0],
-        params_total=count_params(host_state.params)[1],
+        params_inference=params_inference,
+        params_total=params_total,
         ckpt=ckpt,
         last_epoch=0,
         step_count=0,
